@@ -1,0 +1,36 @@
+# make demo: set up .venv and run the main job on the embedded default.
+# make test: set up .venv and run the whole test suite.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.flatplug-installed
+ADAPTERS := $(wildcard adapters/*/pyproject.toml)
+export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
+
+.PHONY: setup test demo bench clean
+
+setup: $(STAMP)
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade "pip>=23" wheel
+
+$(STAMP): $(BIN)/python pyproject.toml constraints.txt $(ADAPTERS)
+	$(BIN)/pip install -q -e ".[dev]"
+	@for a in $(dir $(ADAPTERS)); do echo "installing $$a"; $(BIN)/pip install -q -e "$$a[test]" || exit 1; done
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+demo: $(STAMP)
+	$(BIN)/flatplug score
+
+bench: $(STAMP)
+	$(BIN)/pip install -q pyhessian
+	$(BIN)/python benchmarks/relative_flatness_closed_form.py
+	$(BIN)/python benchmarks/hessian_vs_pyhessian.py
+	$(BIN)/python benchmarks/hvp_cost.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

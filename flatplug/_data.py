@@ -1,0 +1,80 @@
+"""``data`` arguments: one ``(x, y)`` batch or any re-iterable of batches, validated lazily."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from ._validation import check_inputs, check_labels
+
+
+def _as_tensor(a: object) -> object:
+    return torch.from_numpy(a) if isinstance(a, np.ndarray) else a
+
+
+def _is_single_batch(data: object) -> bool:
+    return (
+        isinstance(data, (tuple, list))
+        and len(data) == 2
+        and isinstance(_as_tensor(data[0]), torch.Tensor)
+        and isinstance(_as_tensor(data[1]), torch.Tensor)
+        and getattr(_as_tensor(data[0]), "dim", lambda: 0)() >= 2
+    )
+
+
+class Batches:
+    """A re-iterable view of ``data`` that validates every batch it yields.
+
+    ``data`` is ``(x, y)`` or an iterable of such pairs (a DataLoader, a list). A one-shot
+    iterator (a generator) is materialised once, since most measures make several passes.
+    """
+
+    def __init__(self, data: object, *, name: str = "data", unit_range: bool = False):
+        self.name = name
+        self.unit_range = unit_range
+        if _is_single_batch(data):
+            self._source: object = [tuple(data)]
+        elif hasattr(data, "__iter__"):
+            self._source = list(data) if iter(data) is data else data  # type: ignore[arg-type]
+        else:
+            raise TypeError(
+                f"{name}: expected an (x, y) pair or an iterable of (x, y) batches, got {type(data).__name__}"
+            )
+        self._num_samples: int | None = None
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        count = 0
+        for i, item in enumerate(self._source):  # type: ignore[union-attr]
+            if not isinstance(item, (tuple, list)) or len(item) < 2:
+                raise TypeError(f"{self.name}: batch {i} is a {type(item).__name__}; each batch must be an (x, y) pair")
+            x, y = _as_tensor(item[0]), _as_tensor(item[1])
+            check_inputs(x, name=f"{self.name}: batch {i} inputs", unit_range=self.unit_range)
+            check_labels(y, x.shape[0], name=f"{self.name}: batch {i} labels")
+            count += x.shape[0]
+            yield x, y
+        if count == 0:
+            raise ValueError(f"{self.name}: no batches; pass a non-empty (x, y) pair or loader")
+        self._num_samples = count
+
+    def to(self, device: torch.device, dtype: torch.dtype | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield the batches moved to ``device`` (inputs also cast to ``dtype``)."""
+        for x, y in self:
+            yield x.to(device=device, dtype=dtype or x.dtype), y.to(device=device, dtype=torch.long)
+
+    @property
+    def num_samples(self) -> int:
+        """Total number of samples (one validating pass if not known yet)."""
+        if self._num_samples is None:
+            for _ in self:
+                pass
+        assert self._num_samples is not None
+        return self._num_samples
+
+
+def model_device_dtype(model: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
+    """Device and floating dtype of the model's first parameter (CPU/float32 if it has none)."""
+    for p in model.parameters():
+        return p.device, p.dtype if p.is_floating_point() else torch.float32
+    return torch.device("cpu"), torch.float32

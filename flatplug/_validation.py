@@ -1,0 +1,74 @@
+"""Input checks with errors that say what was wrong and what to do."""
+
+from __future__ import annotations
+
+import torch
+
+
+def check_inputs(x: torch.Tensor, *, name: str = "x", unit_range: bool = False) -> None:
+    """Floating, finite, batched inputs; with ``unit_range`` also images in [0, 1]."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor of inputs, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(
+            f"{name}: expected floating-point inputs, got dtype {x.dtype}; convert with x.float() (and divide by 255 for raw images)"
+        )
+    if x.dim() < 2:
+        raise ValueError(f"{name}: expected a batch of inputs with shape [N, ...], got shape {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{name}: the batch is empty (shape {tuple(x.shape)}); pass at least one sample")
+    if not torch.isfinite(x).all():
+        bad = int((~torch.isfinite(x)).sum())
+        raise ValueError(f"{name}: {bad} non-finite values (NaN or inf) in the inputs; clean or drop those samples")
+    if unit_range:
+        lo, hi = float(x.min()), float(x.max())
+        if lo < 0.0 or hi > 1.0:
+            hint = "; divide by 255" if hi > 1.0 and hi <= 255.0 and lo >= 0.0 else "; undo any normalisation (the model owns it)"
+            raise ValueError(f"{name}: expected images in [0, 1], got min {lo:g} and max {hi:g}{hint}")
+
+
+def check_labels(y: torch.Tensor, n: int, *, name: str = "y") -> None:
+    """Integer class labels, one per sample."""
+    if not isinstance(y, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor of labels, got {type(y).__name__}")
+    if y.is_floating_point() or y.dtype == torch.bool:
+        raise TypeError(
+            f"{name}: expected integer class labels, got dtype {y.dtype}; for one-hot labels pass y.argmax(1)"
+        )
+    if y.dim() != 1:
+        hint = "; for one-hot labels pass y.argmax(1)" if y.dim() == 2 else ""
+        raise ValueError(f"{name}: expected labels with shape [N], got shape {tuple(y.shape)}{hint}")
+    if y.shape[0] != n:
+        raise ValueError(f"{name}: {y.shape[0]} labels for {n} inputs; pass one label per input")
+
+
+def check_logits(logits: object, y: torch.Tensor) -> torch.Tensor:
+    """The model returned 2-D logits ``[N, K]`` and the labels lie in ``0 .. K-1``."""
+    if not isinstance(logits, torch.Tensor):
+        raise TypeError(
+            f"model: expected the model to return a logits tensor, got {type(logits).__name__}; "
+            "wrap it so that forward(x) returns logits of shape [N, classes]"
+        )
+    if logits.dim() != 2 or logits.shape[0] != y.shape[0]:
+        raise ValueError(
+            f"model: expected logits of shape [N, classes] = [{y.shape[0]}, K], got shape {tuple(logits.shape)}; "
+            "wrap the model so that it returns one row of class scores per input"
+        )
+    k = logits.shape[1]
+    lo, hi = int(y.min()), int(y.max())
+    if lo < 0 or hi >= k:
+        raise ValueError(f"y: labels must lie in 0..{k - 1} for a model with {k} outputs, got min {lo} and max {hi}")
+    return logits
+
+
+def check_positive(value: float, name: str, *, allow_zero: bool = False) -> None:
+    """A non-negative (or strictly positive) finite number."""
+    ok = value >= 0 if allow_zero else value > 0
+    if not (isinstance(value, (int, float)) and ok and value == value and value != float("inf")):
+        need = "a non-negative" if allow_zero else "a positive"
+        raise ValueError(f"{name}: expected {need} finite number, got {value!r}")
+
+
+def check_choice(value: str, name: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name}: expected one of {', '.join(map(repr, choices))}, got {value!r}")

@@ -1,0 +1,98 @@
+"""The attack the core itself needs: PGD (Madry et al. 2018) in L-inf or L2, on [0, 1] images.
+
+Adapters offer more (the torchattacks adapter registers every torchattacks attack); the core
+uses this one for robust accuracy and adversarial training when nothing else is installed.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ._loss import LossFn, per_sample_loss, resolve_loss
+from ._validation import check_choice, check_inputs, check_labels, check_logits, check_positive
+
+NORMS = ("linf", "l2")
+
+
+def _flat_norm(t: torch.Tensor) -> torch.Tensor:
+    return t.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (t.dim() - 1)))
+
+
+def project(delta: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
+    """Project perturbations onto the eps-ball of ``norm`` (per sample)."""
+    if norm == "linf":
+        return delta.clamp(-eps, eps)
+    return delta * (eps / _flat_norm(delta)).clamp(max=1.0)
+
+
+def ascent_step(grad: torch.Tensor, step: float, norm: str) -> torch.Tensor:
+    """Steepest-ascent step of length ``step`` in ``norm``: sign for L-inf, normalised for L2."""
+    return step * (grad.sign() if norm == "linf" else grad / _flat_norm(grad))
+
+
+def random_start(x: torch.Tensor, eps: float, norm: str, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A uniform point of the L-inf ball, or a random direction with uniform radius in the L2 ball."""
+    if norm == "linf":
+        u = torch.rand(x.shape, generator=generator, dtype=x.dtype, device="cpu").to(x.device)
+        return (2 * u - 1) * eps
+    d = torch.randn(x.shape, generator=generator, dtype=x.dtype, device="cpu").to(x.device)
+    r = torch.rand(x.shape[0], generator=generator, dtype=x.dtype, device="cpu").to(x.device)
+    return d / _flat_norm(d) * (eps * r).view(-1, *([1] * (x.dim() - 1)))
+
+
+def pgd(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    norm: str = "linf",
+    steps: int = 10,
+    step_size: float | None = None,
+    random_init: bool = True,
+    seed: int | None = 0,
+    loss_fn: LossFn | None = None,
+) -> torch.Tensor:
+    """Adversarial examples maximising the loss inside the eps-ball, kept in [0, 1].
+
+    The model's mode is not changed (call ``model.eval()`` first for evaluation); parameter
+    gradients are not touched. ``step_size`` defaults to ``2.5 * eps / steps``.
+    """
+    check_choice(norm, "norm", NORMS)
+    check_positive(eps, "eps", allow_zero=True)
+    if steps < 1:
+        raise ValueError(f"steps: expected at least 1 step, got {steps}")
+    check_inputs(x, unit_range=True)
+    check_labels(y, x.shape[0])
+    loss_fn = resolve_loss(loss_fn)
+    alpha = 2.5 * eps / steps if step_size is None else step_size
+    gen = None if seed is None else torch.Generator().manual_seed(seed)
+    x = x.detach()
+    delta = random_start(x, eps, norm, gen) if random_init and eps > 0 else torch.zeros_like(x)
+    delta = (x + delta).clamp(0, 1) - x
+    for _ in range(steps):
+        delta.requires_grad_(True)
+        with torch.enable_grad():
+            logits = check_logits(model(x + delta), y)
+            loss = per_sample_loss(loss_fn, logits, y).sum()
+            (grad,) = torch.autograd.grad(loss, delta)
+        delta = project(delta.detach() + ascent_step(grad, alpha, norm), eps, norm)
+        delta = (x + delta).clamp(0, 1) - x
+    return (x + delta).detach()
+
+
+def robust_accuracy(model: nn.Module, data, *, eps: float, norm: str = "linf", steps: int = 10, **kw) -> float:
+    """Accuracy under :func:`pgd` over ``data`` (eval mode, restored afterwards)."""
+    from ._data import Batches, model_device_dtype
+    from ._state import preserved
+
+    correct = total = 0
+    device, dtype = model_device_dtype(model)
+    with preserved(model):
+        for x, y in Batches(data, unit_range=True).to(device, dtype):
+            adv = pgd(model, x, y, eps=eps, norm=norm, steps=steps, **kw)
+            with torch.no_grad():
+                correct += int((model(adv).argmax(1) == y).sum())
+            total += y.shape[0]
+    return correct / total

@@ -1,0 +1,147 @@
+"""The plugin system: built-ins through the entry-point path, duplicates, broken plugins, disabling."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+import flatplug as fp
+from flatplug import plugins
+from tests.conftest import tiny_batch, tiny_mlp
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def fresh_plugins():
+    plugins.reset()
+    yield
+    plugins.reset()
+
+
+def make_dist(tmp_path: Path, monkeypatch, dist: str, entry_name: str, module: str, source: str | None) -> None:
+    """An installed-looking distribution on sys.path with one entry point in group flatplug."""
+    info = tmp_path / f"{dist}-0.3.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.3\n")
+    (info / "entry_points.txt").write_text(f"[flatplug]\n{entry_name} = {module}\n")
+    if source is not None:
+        (tmp_path / f"{module}.py").write_text(textwrap.dedent(source))
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+
+def test_builtin_measures_are_registered():
+    names = fp.list_plugins("measures")
+    for name in fp.measures.MEASURES:
+        assert name in names
+    entry = plugins.get_plugins().registry("measures")["relative_flatness"]
+    assert entry.plugin == "flatplug" and entry.version == fp.__version__
+
+
+def test_measure_by_name_matches_function():
+    net, (x, y) = tiny_mlp(), tiny_batch()
+    direct = fp.measures.relative_flatness(net, (x, y))
+    by_name = fp.measure("relative_flatness", net, (x, y))
+    assert by_name.value == direct.value and by_name.name == "relative_flatness"
+
+
+def test_unknown_name_lists_available_and_closest():
+    with pytest.raises(LookupError) as err:
+        fp.measure("relative_flatnes", tiny_mlp(), tiny_batch())
+    msg = str(err.value)
+    assert "Did you mean 'relative_flatness'?" in msg and "hessian_trace" in msg
+    with pytest.raises(ValueError, match="kind"):
+        fp.list_plugins("measure")
+
+
+def test_entry_point_plugin_is_found(tmp_path, monkeypatch):
+    make_dist(tmp_path, monkeypatch, "fp-extra", "extra", "fp_extra_mod", """
+        import flatplug
+        @flatplug.hookimpl
+        def flatplug_register_measures(register):
+            register("constant_seven", lambda model, data, **kw: flatplug.Measurement("constant_seven", 7.0))
+    """)
+    assert fp.measure("constant_seven", tiny_mlp(), tiny_batch()).value == 7.0
+    entry = plugins.get_plugins().registry("measures")["constant_seven"]
+    assert (entry.plugin, entry.version) == ("extra", "0.3")
+
+
+def test_duplicate_name_names_both_plugins(tmp_path, monkeypatch):
+    make_dist(tmp_path, monkeypatch, "fp-dup", "dupe", "fp_dup_mod", """
+        import flatplug
+        @flatplug.hookimpl
+        def flatplug_register_measures(register):
+            register("hessian_trace", lambda model, data, **kw: None)
+    """)
+    with pytest.raises(plugins.DuplicatePluginError) as err:
+        fp.list_plugins("measures")
+    assert "'flatplug'" in str(err.value) and "'dupe'" in str(err.value)
+
+
+def test_disable_plugins_env(tmp_path, monkeypatch):
+    make_dist(tmp_path, monkeypatch, "fp-dup", "dupe", "fp_dup_mod2", """
+        import flatplug
+        @flatplug.hookimpl
+        def flatplug_register_measures(register):
+            register("hessian_trace", lambda model, data, **kw: None)
+    """)
+    monkeypatch.setenv("FLATPLUG_DISABLE_PLUGINS", "other, dupe")
+    assert "hessian_trace" in fp.list_plugins("measures")
+    plugins.reset()
+    monkeypatch.setenv("FLATPLUG_DISABLE_PLUGINS", "flatplug")
+    assert "hessian_trace" not in fp.list_plugins("measures")
+
+
+def test_broken_plugin_warns_and_rest_works(tmp_path, monkeypatch):
+    make_dist(tmp_path, monkeypatch, "fp-broken", "broken", "fp_broken_mod", "raise ImportError('needs libfoo')\n")
+    with pytest.warns(plugins.PluginWarning, match="'broken' failed to load.*needs libfoo"):
+        names = fp.list_plugins("measures")
+    assert "relative_flatness" in names
+    assert "broken" in plugins.get_plugins().failed
+
+
+def test_in_process_registration():
+    class Mine:
+        @fp.hookimpl
+        def flatplug_register_attacks(self, register):
+            register("noop", object)
+
+    plugins.get_plugins().register(Mine(), name="mine", version="9")
+    assert fp.list_plugins("attacks") == sorted(set(fp.list_plugins("attacks")) | {"noop"})
+    assert plugins.get_plugins().registry("attacks")["noop"].plugin == "mine"
+
+
+def test_cli_plugins_lists_kind_plugin_version():
+    out = subprocess.run(
+        [sys.executable, "-m", "flatplug", "plugins"], capture_output=True, text=True, check=True, cwd=ROOT
+    ).stdout
+    line = next(l for l in out.splitlines() if "relative_flatness" in l)
+    assert "measure" in line and "flatplug" in line and fp.__version__ in line
+
+
+def test_third_party_example_installs_and_is_found(tmp_path):
+    """examples/third_party_plugin is a separate distribution registering `weight_norm_sq`."""
+    example = ROOT / "examples" / "third_party_plugin"
+    pip = [sys.executable, "-m", "pip", "-q", "--disable-pip-version-check"]
+    subprocess.run(pip + ["install", "--no-deps", "--no-build-isolation", "--no-index", str(example)], check=True)
+    try:
+        code = textwrap.dedent("""
+            import torch, flatplug as fp
+            torch.manual_seed(0)
+            net = torch.nn.Sequential(torch.nn.Linear(5, 3))
+            x, y = torch.rand(4, 5), torch.tensor([0, 1, 2, 0])
+            m = fp.measure("weight_norm_sq", net, (x, y))
+            ref = sum(float((p ** 2).sum()) for p in net.parameters())
+            assert abs(m.value - ref) < 1e-6 * ref, (m.value, ref)
+            print("found", m.value)
+        """)
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+        assert out.returncode == 0, out.stderr
+        assert "found" in out.stdout
+    finally:
+        subprocess.run(pip + ["uninstall", "-y", "flatplug-example-plugin"], check=True)

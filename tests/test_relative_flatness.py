@@ -1,0 +1,160 @@
+"""relative_flatness against the full autograd Hessian of the whole model, and its invariances."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from flatplug.measures import relative_flatness
+from tests.conftest import dense_hessian, tiny_batch
+
+
+def make_net(d_in=6, hidden=5, classes=4, *, bias=True, seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Linear(d_in, 7, bias=bias), nn.ReLU(), nn.Linear(7, hidden, bias=bias), nn.Tanh(),
+        nn.Linear(hidden, classes, bias=bias),
+    ).double()
+
+
+def reference(net, x, y, variant):
+    """kappa from the dense Hessian of the whole network's loss w.r.t. the last weight matrix."""
+    w = net[4].weight.detach()
+    k, d = w.shape
+    h = dense_hessian(net, x, y, ["4.weight"]).reshape(k, d, k, d)
+    traces = torch.einsum("sjtj->st", h)
+    if variant == "pairwise":
+        return float((w @ w.T * traces).sum())
+    return float(w.pow(2).sum() * traces.trace())
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("variant", ["pairwise", "trace"])
+def test_closed_form_equals_dense_hessian(bias, variant):
+    net = make_net(bias=bias, seed=3)
+    x, y = tiny_batch(40, 6, 4, seed=5)
+    expected = reference(net, x, y, variant)
+    closed = relative_flatness(net, (x, y), variant=variant)
+    exact = relative_flatness(net, (x, y), variant=variant, exact=True)
+    assert closed.value == pytest.approx(expected, rel=1e-6)
+    assert exact.value == pytest.approx(expected, rel=1e-6)
+    assert closed.per_sample.shape == (40,)
+    assert float(closed.per_sample.mean()) == pytest.approx(closed.value, rel=1e-12)
+
+
+def test_per_sample_equals_single_sample_hessians():
+    net = make_net(seed=1)
+    x, y = tiny_batch(5, 6, 4, seed=2)
+    per = relative_flatness(net, (x, y)).per_sample
+    for i in range(5):
+        assert float(per[i]) == pytest.approx(reference(net, x[i : i + 1], y[i : i + 1], "pairwise"), rel=1e-6)
+
+
+def test_batches_equal_one_batch():
+    net = make_net(seed=4)
+    x, y = tiny_batch(30, 6, 4, seed=6)
+    whole = relative_flatness(net, (x, y)).value
+    split = relative_flatness(net, [(x[:7], y[:7]), (x[7:20], y[7:20]), (x[20:], y[20:])]).value
+    assert split == pytest.approx(whole, rel=1e-12)
+
+
+def scaled(net, a):
+    """phi -> a phi, W -> W / a, with the same function (tanh features replaced by a linear layer scale)."""
+    features = nn.Sequential(*list(net)[:4])
+    head = net[4]
+    new_head = nn.Linear(head.in_features, head.out_features, bias=head.bias is not None).double()
+    with torch.no_grad():
+        new_head.weight.copy_(head.weight / a)
+        if head.bias is not None:
+            new_head.bias.copy_(head.bias)
+    return nn.Sequential(features, Scale(a), new_head)
+
+
+class Scale(nn.Module):
+    def __init__(self, a):
+        super().__init__()
+        self.a = a
+
+    def forward(self, x):
+        return x * self.a
+
+
+@settings(max_examples=15, deadline=None)
+@given(a=st.floats(0.01, 100.0), variant=st.sampled_from(["pairwise", "trace"]), seed=st.integers(0, 50))
+def test_invariant_to_reparametrisation(a, variant, seed):
+    net = make_net(seed=seed)
+    x, y = tiny_batch(12, 6, 4, seed=seed + 1)
+    base = relative_flatness(net, (x, y), variant=variant).value
+    assert relative_flatness(scaled(net, a), (x, y), variant=variant).value == pytest.approx(base, rel=1e-9)
+
+
+@pytest.mark.parametrize("variant", ["pairwise", "trace"])
+def test_invariant_to_orthogonal_feature_basis(variant):
+    net = make_net(seed=7)
+    x, y = tiny_batch(20, 6, 4, seed=8)
+    q, _ = torch.linalg.qr(torch.randn(5, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0)))
+    rotate = nn.Linear(5, 5, bias=False).double()
+    head = nn.Linear(5, 4).double()
+    with torch.no_grad():
+        rotate.weight.copy_(q)
+        head.weight.copy_(net[4].weight @ q.T)
+        head.bias.copy_(net[4].bias)
+    rotated = nn.Sequential(*list(net)[:4], rotate, head)
+    assert torch.allclose(rotated(x), net(x))
+    base = relative_flatness(net, (x, y), variant=variant).value
+    assert relative_flatness(rotated, (x, y), variant=variant).value == pytest.approx(base, rel=1e-9)
+
+
+def test_normalize_features_invariant_to_per_feature_scaling():
+    net = make_net(seed=9)
+    x, y = tiny_batch(25, 6, 4, seed=10)
+    d = torch.tensor([0.1, 3.0, 1.0, 20.0, 0.5], dtype=torch.float64)
+    features = nn.Sequential(*list(net)[:4])
+    head = nn.Linear(5, 4).double()
+    with torch.no_grad():
+        head.weight.copy_(net[4].weight / d)
+        head.bias.copy_(net[4].bias)
+    rescaled = nn.Sequential(features, ScaleVec(d), head)
+    assert torch.allclose(rescaled(x), net(x))
+    plain = relative_flatness(net, (x, y)).value
+    # without normalisation per-feature rescaling changes the value; with it, it does not
+    assert relative_flatness(rescaled, (x, y)).value != pytest.approx(plain, rel=1e-3)
+    norm_a = relative_flatness(net, (x, y), normalize_features=True).value
+    norm_b = relative_flatness(rescaled, (x, y), normalize_features=True).value
+    assert norm_b == pytest.approx(norm_a, rel=1e-9)
+
+
+class ScaleVec(nn.Module):
+    def __init__(self, d):
+        super().__init__()
+        self.register_buffer("d", d)
+
+    def forward(self, x):
+        return x * self.d
+
+
+def test_layer_by_name_and_module():
+    net = make_net(seed=2)
+    x, y = tiny_batch(10, 6, 4)
+    a = relative_flatness(net, (x, y)).value
+    assert relative_flatness(net, (x, y), layer="4").value == a
+    assert relative_flatness(net, (x, y), layer=net[4]).value == a
+    assert relative_flatness(net, (x, y)).details["layer"] == "4"
+
+
+def test_bad_layers():
+    net = make_net()
+    x, y = tiny_batch(10, 6, 4)
+    with pytest.raises(TypeError, match="nn.Linear"):
+        relative_flatness(net, (x, y), layer="1")
+    with pytest.raises(ValueError, match="did you mean '4'"):
+        relative_flatness(net, (x, y), layer="44")
+    with pytest.raises(ValueError, match="not the model's logits"):
+        relative_flatness(net, (x, y), layer="2")
+    with pytest.raises(ValueError, match="variant"):
+        relative_flatness(net, (x, y), variant="diag")
+    with pytest.raises(ValueError, match="no nn.Linear"):
+        relative_flatness(nn.Sequential(nn.Flatten()), (x, y))
