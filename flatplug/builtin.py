@@ -1,4 +1,4 @@
-"""The core's own plugin: registers the built-in measures (and, later, attacks, trainers, ...)."""
+"""The core's own plugin: registers the built-in measures and training methods."""
 
 from __future__ import annotations
 
@@ -9,4 +9,12 @@ from .hookspecs import hookimpl
 @hookimpl
 def flatplug_register_measures(register):
     for name in measures.MEASURES:
-        register(name, getattr(measures, name))
+        register(name, measures.MEASURES[name])
+
+
+@hookimpl
+def flatplug_register_trainers(register):
+    from .training import METHODS
+
+    for name, cls in METHODS.items():
+        register(name, cls)

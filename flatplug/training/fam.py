@@ -1,0 +1,46 @@
+"""FAM (Adilova et al. 2023): cross-entropy plus lambda times the relative flatness of the penultimate layer.
+
+Uses the differentiable closed form of :mod:`flatplug.measures.relative_flatness`, so the
+regulariser costs one forward pass (features captured by a hook) and no Hessian.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .._validation import check_positive
+from ..measures.relative_flatness import VARIANTS, closed_form, find_layer
+from .._validation import check_choice
+from .base import StepResult, TrainingMethod
+
+
+def fam_objective(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, layer=None, variant: str = "pairwise"):
+    """``(cross_entropy, mean relative flatness, logits)`` from one forward pass, all differentiable."""
+    _, linear = find_layer(model, layer)
+    captured = {}
+    handle = linear.register_forward_hook(lambda m, i, o: captured.__setitem__("phi", i[0]))
+    try:
+        logits = model(x)
+    finally:
+        handle.remove()
+    reg = closed_form(captured["phi"].flatten(1), linear.weight, linear.bias, variant=variant).mean()
+    return F.cross_entropy(logits, y), reg, logits
+
+
+class FAM(TrainingMethod):
+    name = "fam"
+
+    def __init__(self, lam: float = 0.01, layer=None, variant: str = "pairwise"):
+        check_positive(lam, "lam", allow_zero=True)
+        check_choice(variant, "variant", VARIANTS)
+        self.lam, self.layer, self.variant = lam, layer, variant
+
+    def step(self, model, x, y, optimizer):
+        optimizer.zero_grad(set_to_none=True)
+        ce, reg, logits = fam_objective(model, x, y, layer=self.layer, variant=self.variant)
+        loss = ce + self.lam * reg
+        loss.backward()
+        optimizer.step()
+        return StepResult(float(loss), logits.detach())

@@ -1,0 +1,48 @@
+"""PGD adversarial training (Madry et al. 2018): cross-entropy on PGD examples."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+
+from .._validation import check_choice, check_positive
+from ..attacks import NORMS, pgd
+from .base import StepResult, TrainingMethod
+
+
+def adversarial_examples(model, x, y, *, eps, norm, steps, step_size, random_start, attack=None):
+    """PGD (or a user ``attack(x, y)``) generated in eval mode; the model's mode is restored."""
+    was = model.training
+    model.eval()
+    try:
+        if attack is not None:
+            return attack(x, y).detach()
+        return pgd(model, x, y, eps=eps, norm=norm, steps=steps, step_size=step_size, random_init=random_start, seed=None)
+    finally:
+        model.train(was)
+
+
+class PGDAT(TrainingMethod):
+    name = "pgd-at"
+    needs_unit_inputs = True
+
+    def __init__(self, eps: float = 8 / 255, step_size: float | None = None, steps: int = 10,
+                 random_start: bool = True, norm: str = "linf", attack=None):
+        check_positive(eps, "eps", allow_zero=True)
+        check_choice(norm, "norm", NORMS)
+        if steps < 1:
+            raise ValueError(f"steps: expected at least 1 PGD step, got {steps}")
+        self.eps, self.step_size, self.steps, self.random_start, self.norm = eps, step_size, steps, random_start, norm
+        self.attack = attack
+
+    def adversarial(self, model, x, y):
+        return adversarial_examples(model, x, y, eps=self.eps, norm=self.norm, steps=self.steps,
+                                    step_size=self.step_size, random_start=self.random_start, attack=self.attack)
+
+    def step(self, model, x, y, optimizer):
+        x_adv = self.adversarial(model, x, y)
+        optimizer.zero_grad(set_to_none=True)
+        logits = model(x_adv)
+        loss = F.cross_entropy(logits, y)
+        loss.backward()
+        optimizer.step()
+        return StepResult(float(loss), logits.detach())  # accuracy on the adversarial batch
