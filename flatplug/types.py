@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Tuple, Union
+from typing import Any, Callable, Iterable, Protocol, Tuple, Union, runtime_checkable
 
 import torch
 from torch import nn
@@ -40,3 +40,27 @@ class LoadedModel:
     dataset: str
     threat_model: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class ModelSource(Protocol):
+    """What a registered source factory returns: lists model names and loads them.
+
+    Sources are registered as factories, ``register("zoo", factory)`` with
+    ``factory(**options) -> ModelSource`` (options such as ``manifest=`` or ``model_dir=``
+    come from the caller or the CLI), so a worker process can rebuild the source from
+    plain options and load the model itself.
+    """
+
+    def names(self, dataset: str | None = None) -> list[str]:
+        """Model names available (for ``dataset`` when given)."""
+        ...
+
+    def load(self, name: str, device: str | torch.device = "cpu") -> LoadedModel:
+        """The model ``name`` as a :class:`LoadedModel` whose module takes [0, 1] images."""
+        ...
+
+
+#: A registered dataset loader: ``loader(path=None, n=None, seed=0, **options) -> (x, y)``
+#: with x float32 [N, C, H, W] in [0, 1] and y int64, a deterministic class-balanced subset of size n.
+DatasetLoader = Callable[..., Tuple[torch.Tensor, torch.Tensor]]

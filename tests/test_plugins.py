@@ -12,7 +12,7 @@ import torch
 
 import flatplug as fp
 from flatplug import plugins
-from tests.conftest import tiny_batch, tiny_mlp
+from conftest import tiny_batch, tiny_mlp
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -94,7 +94,9 @@ def test_disable_plugins_env(tmp_path, monkeypatch):
     assert "hessian_trace" in fp.list_plugins("measures")
     plugins.reset()
     monkeypatch.setenv("FLATPLUG_DISABLE_PLUGINS", "flatplug")
-    assert "hessian_trace" not in fp.list_plugins("measures")
+    names = fp.list_plugins("measures")
+    assert "relative_flatness" not in names  # the built-ins are blocked like any plugin
+    assert plugins.get_plugins().registry("measures")["hessian_trace"].plugin == "dupe"
 
 
 def test_broken_plugin_warns_and_rest_works(tmp_path, monkeypatch):

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from flatplug.measures import relative_flatness
-from tests.conftest import dense_hessian, tiny_batch
+from conftest import dense_hessian, tiny_batch
 
 
 def make_net(d_in=6, hidden=5, classes=4, *, bias=True, seed=0):

@@ -1,33 +1,27 @@
 """Flatness measures, one module per family; each is ``fn(model, data, **params) -> Measurement``.
 
-Modules load on first use, so ``import flatplug`` stays cheap.
+The package attributes are the measure functions (``fp.measures.relative_flatness(...)``);
+helpers inside a family are imported from its module
+(``from flatplug.measures.relative_flatness import closed_form``).
 """
 
 from __future__ import annotations
 
-import importlib
+from .hessian_density import hessian_density
+from .hessian_eigenvalues import hessian_eigenvalues
+from .hessian_trace import hessian_trace
+from .local_flatness import local_flatness
+from .loss_landscape import loss_landscape
+from .relative_flatness import relative_flatness
+from .sharpness import sharpness
 
-#: public measure name -> module that defines a function of the same name
+#: every built-in measure, by its registered name
 MEASURES = {
-    "relative_flatness": "relative_flatness",
-    "hessian_eigenvalues": "hessian_eigenvalues",
-    "hessian_trace": "hessian_trace",
-    "hessian_density": "hessian_density",
-    "sharpness": "sharpness",
-    "loss_landscape": "loss_landscape",
-    "local_flatness": "local_flatness",
+    fn.__name__: fn
+    for fn in (
+        relative_flatness, hessian_eigenvalues, hessian_trace, hessian_density, sharpness, loss_landscape,
+        local_flatness,
+    )
 }
 
 __all__ = sorted(MEASURES)
-
-
-def __getattr__(name: str):
-    if name in MEASURES:
-        fn = getattr(importlib.import_module(f"{__name__}.{MEASURES[name]}"), name)
-        globals()[name] = fn
-        return fn
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + __all__)

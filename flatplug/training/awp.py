@@ -42,4 +42,4 @@ class AWP(PGDAT):
             loss = F.cross_entropy(logits, y)
             loss.backward()
         optimizer.step()
-        return StepResult(float(loss), logits.detach())
+        return StepResult(float(loss.detach()), logits.detach())

@@ -43,4 +43,4 @@ class FAM(TrainingMethod):
         loss = ce + self.lam * reg
         loss.backward()
         optimizer.step()
-        return StepResult(float(loss), logits.detach())
+        return StepResult(float(loss.detach()), logits.detach())

@@ -62,4 +62,4 @@ class LFR(TrainingMethod):
             loss = loss + F.cross_entropy(model(x_adv), y)
         loss.backward()
         optimizer.step()
-        return StepResult(float(loss), logits.detach())
+        return StepResult(float(loss.detach()), logits.detach())

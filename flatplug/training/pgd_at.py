@@ -45,4 +45,4 @@ class PGDAT(TrainingMethod):
         loss = F.cross_entropy(logits, y)
         loss.backward()
         optimizer.step()
-        return StepResult(float(loss), logits.detach())  # accuracy on the adversarial batch
+        return StepResult(float(loss.detach()), logits.detach())  # accuracy on the adversarial batch

@@ -16,4 +16,4 @@ class Standard(TrainingMethod):
         loss = F.cross_entropy(logits, y)
         loss.backward()
         optimizer.step()
-        return StepResult(float(loss), logits.detach())
+        return StepResult(float(loss.detach()), logits.detach())

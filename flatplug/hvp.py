@@ -1,0 +1,231 @@
+"""Hessian-vector products of the mean loss over a data set, as a linear operator on flat vectors.
+
+The Hessian is that of ``L(w) = (1/N) sum_i loss_i(w)`` over *all* N samples of ``data`` with
+respect to the selected parameters (Pearlmutter 1994, "Fast exact multiplication by the Hessian").
+Each product is the double backward ``d/dw <grad L(w), v>``; over several batches the products
+are accumulated batch by batch (weight ``n_b / N``), so only one batch's graph is alive at a time.
+
+With a single batch (or ``cache_graph=True``) the first-order graph ``grad L`` is built once with
+``create_graph=True`` and kept, so every further product costs one double backward instead of a
+forward, a backward and a double backward.
+
+Callers wrap the operator's whole life in :func:`flatplug._state.preserved`: the operator turns
+``requires_grad`` on for the selected parameters and off for the others, and ``preserved`` puts
+the flags back.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from ._data import Batches, model_device_dtype
+from ._loss import LossFn, per_sample_loss, resolve_loss
+from ._params import ParamSpec, select_params
+from ._validation import check_logits
+
+__all__ = ["HessianOperator", "check_int"]
+
+
+def check_int(value: object, name: str, *, lo: int | None = 1) -> None:
+    """An integer (not a bool) no smaller than ``lo``, or a ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int) or (lo is not None and value < lo):
+        need = "an integer" if lo is None else f"an integer >= {lo}"
+        raise ValueError(f"{name}: expected {need}, got {value!r}")
+
+
+class HessianOperator:
+    """The Hessian of the mean loss over ``data`` w.r.t. ``params``, acting on flat vectors.
+
+    ``data`` is ``(x, y)``, an iterable of batches, or a :class:`Batches`. ``params`` selects
+    parameters by name, module or tensor (default: all). ``loss_fn(logits, y)`` returns
+    per-sample losses (default cross-entropy). ``cache_graph``: ``"auto"`` keeps the gradient
+    graph when ``data`` is a single batch, ``True`` keeps it for all batches at once (memory
+    permitting; it falls back to streaming on out-of-memory), ``False`` never keeps it.
+
+    Flat vectors follow the order of ``param_names`` (that of ``model.named_parameters()``).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        data: object,
+        *,
+        params: ParamSpec = None,
+        loss_fn: LossFn | None = None,
+        cache_graph: bool | str = "auto",
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+        if cache_graph not in (True, False, "auto"):
+            raise ValueError(f"cache_graph: expected True, False or 'auto', got {cache_graph!r}")
+        self.model = model
+        self.batches = data if isinstance(data, Batches) else Batches(data)
+        self.loss_fn = resolve_loss(loss_fn)
+        named = select_params(model, params)
+        self.param_names: list[str] = [n for n, _ in named]
+        self.params: list[nn.Parameter] = [p for _, p in named]
+        for p in self.params:
+            if not p.is_floating_point():
+                raise TypeError(f"params: parameter of dtype {p.dtype} is not floating point; select floating ones")
+        chosen = {id(p) for p in self.params}
+        for p in model.parameters():
+            p.requires_grad_(id(p) in chosen)
+        self._shapes = [p.shape for p in self.params]
+        self._sizes = [p.numel() for p in self.params]
+        self.dim: int = sum(self._sizes)
+        self.dtype: torch.dtype = self.params[0].dtype
+        self.device: torch.device = self.params[0].device
+        self._data_device, self._data_dtype = model_device_dtype(model)
+        self.hvp_count = 0
+        self.num_samples: int | None = None
+        self._loss: float | None = None
+        self._grad: torch.Tensor | None = None
+        self._single = self._is_single_batch()
+        self._want_cache = cache_graph is True or (cache_graph == "auto" and self._single)
+        self._cached: list[torch.Tensor] | None = None
+
+    # ------------------------------------------------------------------ helpers
+    def _is_single_batch(self) -> bool:
+        source = self.batches._source
+        return isinstance(source, list) and len(source) == 1
+
+    def _iter(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self.batches.to(self._data_device, self._data_dtype)
+
+    def _batch_loss_sum(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        logits = check_logits(self.model(x), y)
+        return per_sample_loss(self.loss_fn, logits, y).sum()
+
+    def _grads(self, loss: torch.Tensor, *, create_graph: bool) -> list[torch.Tensor]:
+        grads = torch.autograd.grad(loss, self.params, create_graph=create_graph, allow_unused=True)
+        return [torch.zeros_like(p) if g is None else g for g, p in zip(grads, self.params)]
+
+    def _split(self, v: torch.Tensor) -> list[torch.Tensor]:
+        if not isinstance(v, torch.Tensor) or v.shape != (self.dim,):
+            shape = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
+            raise ValueError(f"v: expected a flat tensor of shape [{self.dim}], got {shape}")
+        chunks = torch.split(v.to(self.device), self._sizes)
+        return [c.reshape(s).to(p.dtype) for c, s, p in zip(chunks, self._shapes, self.params)]
+
+    def _flat(self, tensors: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat([t.reshape(-1).to(self.dtype) for t in tensors])
+
+    def _double_backward(self, grads: list[torch.Tensor], vs: list[torch.Tensor], *, retain: bool) -> list[torch.Tensor]:
+        live = [(g, v) for g, v in zip(grads, vs) if g.requires_grad]
+        if not live:  # the gradient does not depend on the parameters: H = 0
+            return [torch.zeros_like(p) for p in self.params]
+        out = torch.autograd.grad(
+            [g for g, _ in live], self.params, grad_outputs=[v for _, v in live], retain_graph=retain, allow_unused=True
+        )
+        return [torch.zeros_like(p) if h is None else h for h, p in zip(out, self.params)]
+
+    def _build_cache(self) -> None:
+        """First-order graph of the mean loss over all batches, kept for repeated products."""
+        total: list[torch.Tensor] | None = None
+        loss_sum = 0.0
+        count = 0
+        try:
+            with torch.enable_grad():
+                for x, y in self._iter():
+                    s = self._batch_loss_sum(x, y)
+                    g = self._grads(s, create_graph=True)
+                    total = g if total is None else [a + b for a, b in zip(total, g)]
+                    loss_sum += float(s.detach())
+                    count += x.shape[0]
+        except torch.OutOfMemoryError:
+            total = None
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            warnings.warn(
+                "HessianOperator: the gradient graphs of all batches do not fit in memory; "
+                "falling back to one batch at a time (cache_graph=False)",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            self._want_cache = False
+            return
+        assert total is not None  # Batches raises on empty data
+        self.num_samples = count
+        self._cached = [g / count for g in total]
+        self._loss = loss_sum / count
+        self._grad = self._flat([g.detach() for g in self._cached])
+
+    # ------------------------------------------------------------------ public
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        """``H v`` for a flat ``v`` of length ``dim``; returns a flat tensor of ``dtype`` on ``device``."""
+        vs = self._split(v)
+        if self._want_cache and self._cached is None:
+            self._build_cache()
+        self.hvp_count += 1
+        if self._cached is not None:
+            return self._flat(self._double_backward(self._cached, vs, retain=True))
+        acc: list[torch.Tensor] | None = None
+        grad_acc: list[torch.Tensor] | None = None
+        loss_sum = 0.0
+        count = 0
+        with torch.enable_grad():
+            for x, y in self._iter():
+                s = self._batch_loss_sum(x, y)
+                g = self._grads(s, create_graph=True)
+                hv = self._double_backward(g, vs, retain=False)
+                acc = hv if acc is None else [a + b for a, b in zip(acc, hv)]
+                if self._grad is None:
+                    gd = [t.detach() for t in g]
+                    grad_acc = gd if grad_acc is None else [a + b for a, b in zip(grad_acc, gd)]
+                loss_sum += float(s.detach())
+                count += x.shape[0]
+        assert acc is not None
+        self.num_samples = count
+        if self._grad is None and grad_acc is not None:
+            self._grad = self._flat(grad_acc) / count
+            self._loss = loss_sum / count
+        return self._flat(acc) / count
+
+    __matmul__ = matvec
+
+    def _first_order(self) -> None:
+        if self._want_cache and self._cached is None:
+            self._build_cache()
+        if self._grad is not None:
+            return
+        grad_acc: list[torch.Tensor] | None = None
+        loss_sum = 0.0
+        count = 0
+        with torch.enable_grad():
+            for x, y in self._iter():
+                s = self._batch_loss_sum(x, y)
+                g = self._grads(s, create_graph=False)
+                grad_acc = g if grad_acc is None else [a + b for a, b in zip(grad_acc, g)]
+                loss_sum += float(s.detach())
+                count += x.shape[0]
+        assert grad_acc is not None
+        self.num_samples = count
+        self._grad = self._flat(grad_acc) / count
+        self._loss = loss_sum / count
+
+    def gradient(self) -> torch.Tensor:
+        """The flat gradient of the mean loss over all samples."""
+        self._first_order()
+        assert self._grad is not None
+        return self._grad.clone()
+
+    def loss(self) -> float:
+        """The mean loss over all samples."""
+        self._first_order()
+        assert self._loss is not None
+        return self._loss
+
+    def unflatten(self, v: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Split a flat vector into ``{parameter name: tensor shaped like the parameter}``."""
+        return dict(zip(self.param_names, (c.detach() for c in self._split(v))))
+
+    def release(self) -> None:
+        """Drop the kept gradient graph (frees its memory; later products rebuild it)."""
+        self._cached = None
+
+    def __repr__(self) -> str:
+        return f"HessianOperator(dim={self.dim}, dtype={self.dtype}, device={self.device}, params={len(self.params)})"

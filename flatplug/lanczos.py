@@ -1,0 +1,257 @@
+"""Lanczos with full reorthogonalisation on a symmetric matrix given only by ``v -> A v``.
+
+Builds an orthonormal Krylov basis ``Q`` and the tridiagonal ``T = Q^T A Q`` (diagonal ``alpha``,
+off-diagonal ``beta``); Ritz values/vectors of ``T`` approximate the extreme eigenpairs of ``A``
+(Lanczos 1950; Golub & Van Loan, "Matrix Computations", ch. 10). Every new vector is
+orthogonalised twice against the whole basis (classical Gram-Schmidt, twice), which keeps the
+basis orthogonal to working precision and avoids spurious copies of converged eigenvalues.
+
+Residual of a Ritz pair ``(theta_i, Q s_i)``: ``||A Q s_i - theta_i Q s_i|| = |beta_m s_{m,i}|``;
+an eigenvalue of ``A`` lies within that distance of ``theta_i``.
+
+A Krylov space from one start vector holds one copy of each distinct eigenvalue, so it becomes
+an invariant subspace (``beta ~ 0``) after as many steps as there are distinct eigenvalues. There
+the iteration either stops or, with ``restart=True``, continues from a fresh random vector
+orthogonal to the basis; each such block runs until it too is exhausted, and the iteration stops
+when a block adds nothing to the top ``k`` (so repeated eigenvalues are found with their
+multiplicity). The small ``beta`` dropped at a restart is kept in the residual estimates.
+
+:func:`tridiagonal_quadrature` gives the Gauss quadrature nodes and weights that stochastic
+Lanczos quadrature needs (Golub & Meurant 1994; Lin, Saad & Yang 2016).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+__all__ = ["LanczosResult", "lanczos", "tridiagonal", "tridiagonal_quadrature"]
+
+_WHICH = ("largest", "smallest", "magnitude")
+
+
+@dataclass
+class LanczosResult:
+    """What :func:`lanczos` found.
+
+    ``eigenvalues``: the selected Ritz values (``k`` of them, or all when ``k`` is None), ordered by
+    ``which`` (descending for "largest", ascending for "smallest", by descending magnitude for
+    "magnitude"); ``eigenvectors``: matching unit Ritz vectors as rows ``[k, dim]`` (when asked);
+    ``residuals``: residual norm estimates for them; ``alpha``/``beta``: the tridiagonal
+    (float64, ``len(beta) == iterations - 1``); ``converged``: whether the ``k`` pairs met ``tol``
+    (or the Krylov space was exhausted); ``stop_reason``: "converged", "invariant" (the Krylov space
+was exhausted: the Ritz values are eigenvalues), "max_iter".
+    """
+
+    eigenvalues: torch.Tensor
+    residuals: torch.Tensor
+    alpha: torch.Tensor
+    beta: torch.Tensor
+    iterations: int
+    converged: bool
+    stop_reason: str
+    eigenvectors: torch.Tensor | None = None
+    restarts: int = 0
+    first_vector: torch.Tensor | None = field(default=None, repr=False)
+
+
+def tridiagonal(alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+    """The dense symmetric tridiagonal matrix with diagonal ``alpha`` and off-diagonal ``beta``."""
+    t = torch.diag(alpha)
+    if beta.numel():
+        t = t + torch.diag(beta, 1) + torch.diag(beta, -1)
+    return t
+
+
+def tridiagonal_quadrature(alpha: torch.Tensor, beta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gauss quadrature of the Lanczos tridiagonal: nodes (Ritz values, ascending) and weights.
+
+    The weights are the squared first components of the eigenvectors of ``T``; they sum to 1.
+    For ``T`` built from a unit start vector ``v``, ``sum_j w_j f(theta_j)`` approximates
+    ``v^T f(A) v`` and is exact for polynomials of degree up to ``2 m - 1``.
+    """
+    t = tridiagonal(alpha.double().cpu(), beta.double().cpu())
+    nodes, vecs = torch.linalg.eigh(t)
+    return nodes, vecs[0, :] ** 2
+
+
+def _order(theta: torch.Tensor, which: str) -> torch.Tensor:
+    if which == "largest":
+        return torch.argsort(theta, descending=True)
+    if which == "smallest":
+        return torch.argsort(theta)
+    return torch.argsort(theta.abs(), descending=True)
+
+
+def _random_unit(dim: int, generator: torch.Generator | None, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    v = torch.randn(dim, generator=generator, dtype=torch.float64)  # drawn on CPU: same numbers on any device
+    return (v / v.norm()).to(device=device, dtype=dtype)
+
+
+def lanczos(
+    matvec: Callable[[torch.Tensor], torch.Tensor],
+    dim: int,
+    *,
+    k: int | None = 1,
+    tol: float = 1e-3,
+    max_iter: int = 100,
+    which: str = "largest",
+    v0: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype = torch.float64,
+    device: torch.device | str = "cpu",
+    restart: bool = True,
+    return_eigenvectors: bool = False,
+    breakdown_tol: float | None = None,
+    callback: Callable[[int], None] | None = None,
+) -> LanczosResult:
+    """Lanczos with full reorthogonalisation on the symmetric operator ``matvec`` of size ``dim``.
+
+    Stops when the ``k`` Ritz pairs selected by ``which`` ("largest" algebraic, "smallest",
+    "magnitude") all have residual ``|beta_m s_{m,i}| <= tol * max(|theta_i|, eps * ||T||)``, when
+    the Krylov space is exhausted (with ``restart=True``: when a restarted block adds nothing to
+    the top ``k``), or after ``max_iter`` steps (clamped to ``dim``). ``k=None``
+    runs all ``max_iter`` steps (no convergence test) and returns every Ritz value: the mode of
+    stochastic Lanczos quadrature, used with ``restart=False`` so the iteration stops on an
+    invariant subspace instead of restarting. The start vector is ``v0`` (normalised) or a
+    Gaussian vector drawn from ``generator``. ``breakdown_tol`` (relative to the largest
+    ``|alpha|``/``beta`` so far) defaults to ``100 * eps(dtype)``. ``callback(i)`` runs after
+    step ``i``.
+    """
+    if not isinstance(dim, int) or dim < 1:
+        raise ValueError(f"dim: expected a positive integer, got {dim!r}")
+    if k is not None and (not isinstance(k, int) or isinstance(k, bool) or k < 1 or k > dim):
+        raise ValueError(f"k: expected an integer in 1..{dim} (the operator's size), got {k!r}")
+    if which not in _WHICH:
+        raise ValueError(f"which: expected one of {', '.join(map(repr, _WHICH))}, got {which!r}")
+    if not isinstance(max_iter, int) or isinstance(max_iter, bool) or max_iter < 1:
+        raise ValueError(f"max_iter: expected a positive integer, got {max_iter!r}")
+    if k is not None and max_iter < k:
+        raise ValueError(f"max_iter: must be at least k={k} to find {k} eigenvalues, got {max_iter}")
+    if not (isinstance(tol, (int, float)) and tol > 0 and tol == tol):
+        raise ValueError(f"tol: expected a positive relative residual tolerance, got {tol!r}")
+    device = torch.device(device)
+    m = min(max_iter, dim)
+    eps = torch.finfo(dtype).eps
+    brk = 100.0 * eps if breakdown_tol is None else float(breakdown_tol)
+    tiny = torch.finfo(torch.float64).tiny
+
+    if v0 is None:
+        q = _random_unit(dim, generator, dtype, device)
+    else:
+        if not isinstance(v0, torch.Tensor) or v0.shape != (dim,):
+            raise ValueError(f"v0: expected a start vector of shape [{dim}]")
+        nrm = float(v0.double().norm())
+        if not nrm > 0 or nrm != nrm or nrm == float("inf"):
+            raise ValueError("v0: the start vector must be finite and non-zero")
+        q = (v0.to(device=device, dtype=torch.float64) / nrm).to(dtype)
+    first = q.clone()
+
+    cap = min(m, 16)
+    basis = torch.empty(cap, dim, dtype=dtype, device=device)
+    alphas: list[float] = []
+    betas: list[float] = []  # betas[j] couples steps j and j+1 (0.0 at a restart)
+    breaks: list[tuple[int, float]] = []  # (step, dropped beta) at each restart
+    scale = 0.0
+    stop_reason = "max_iter"
+    theta = s = None
+    restarts = 0
+    prev_top: torch.Tensor | None = None  # top-k Ritz values before the latest restart
+    converged = False
+    j = 0
+    while True:
+        if j >= basis.shape[0]:
+            grown = torch.empty(min(m, 2 * basis.shape[0]), dim, dtype=dtype, device=device)
+            grown[:j] = basis[:j]
+            basis = grown
+        basis[j] = q
+        w = matvec(q).to(device=device, dtype=dtype)
+        if not torch.isfinite(w).all():
+            raise FloatingPointError(
+                f"lanczos: the operator returned non-finite values at step {j + 1}; check the model and loss for NaN/inf"
+            )
+        a = float(torch.dot(q.double(), w.double()))
+        alphas.append(a)
+        # Full reorthogonalisation (twice is enough: Giraud et al. 2005) also removes the
+        # alpha q_j + beta q_{j-1} terms of the three-term recurrence.
+        qb = basis[: j + 1]
+        for _ in range(2):
+            w = w - qb.T @ (qb @ w)
+        b = float(w.double().norm())
+        scale = max(scale, abs(a), b)
+        j += 1
+        if callback is not None:
+            callback(j)
+
+        exhausted = b <= brk * max(scale, tiny)
+        need_eig = k is not None or j == m or exhausted
+        if need_eig:
+            t = tridiagonal(torch.tensor(alphas, dtype=torch.float64), torch.tensor(betas, dtype=torch.float64))
+            theta, s = torch.linalg.eigh(t)
+            res2 = (b * s[-1, :]) ** 2
+            for step, dropped in breaks:
+                res2 = res2 + (dropped * s[step - 1, :]) ** 2
+            res = res2.sqrt()
+        if k is not None and j >= k:
+            idx = _order(theta, which)[:k]
+            bound = tol * torch.clamp(theta[idx].abs(), min=max(eps * scale, tiny))
+            ok = bool((res[idx] <= bound).all())
+            if ok and restarts == 0 and not exhausted:
+                converged, stop_reason = True, "converged"
+                break
+            # After a restart a block can only reveal further copies of eigenvalues already
+            # seen, so it runs until it is exhausted; if it added nothing to the top k, stop.
+            if ok and exhausted and prev_top is not None and prev_top.numel() == k and torch.allclose(
+                theta[idx], prev_top, rtol=tol, atol=eps * scale
+            ):
+                converged, stop_reason = True, "invariant"
+                break
+        if j == m:
+            if j == dim:  # the basis spans the whole space: T is similar to the operator
+                converged, stop_reason = True, "invariant"
+            break
+        if exhausted:
+            if not restart:
+                stop_reason, converged = "invariant", True
+                break
+            # Continue from a random direction orthogonal to the basis.
+            fresh = torch.randn(dim, generator=generator, dtype=torch.float64).to(device=device, dtype=dtype)
+            qb = basis[:j]
+            for _ in range(2):
+                fresh = fresh - qb.T @ (qb @ fresh)
+            fn = float(fresh.double().norm())
+            if fn <= 1e-3:  # the basis already spans (numerically) the whole space
+                stop_reason, converged = "invariant", True
+                break
+            prev_top = theta[_order(theta, which)[:k]] if k is not None else None
+            breaks.append((j, b))
+            betas.append(0.0)
+            restarts += 1
+            q = fresh / fn
+        else:
+            betas.append(b)
+            q = w / b
+
+    assert theta is not None and s is not None
+    res = res.clone()
+    order = _order(theta, which)
+    idx = order if k is None else order[: min(k, theta.numel())]
+    vecs = None
+    if return_eigenvectors:
+        coeff = s[:, idx].to(device=device, dtype=dtype)  # [j, k]
+        vecs = coeff.T @ basis[:j]
+        vecs = vecs / vecs.norm(dim=1, keepdim=True)
+    return LanczosResult(
+        eigenvalues=theta[idx].clone(),
+        residuals=res[idx].clone(),
+        alpha=torch.tensor(alphas, dtype=torch.float64),
+        beta=torch.tensor(betas, dtype=torch.float64),
+        iterations=j,
+        converged=converged,
+        stop_reason=stop_reason,
+        eigenvectors=vecs,
+        restarts=restarts,
+        first_vector=first,
+    )

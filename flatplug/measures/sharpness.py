@@ -1,0 +1,179 @@
+"""Sharpness: how much the loss rises when the weights move inside a small ball.
+
+For weights ``w`` and a perturbation ``delta``,
+
+* ``kind="worst"`` (Keskar et al. 2017; Foret et al. 2021, SAM):
+  ``max_{||eps|| <= rho} L(w + delta(eps)) - L(w)``, found by projected gradient ascent in
+  weight space (normalised-gradient steps for ``norm="l2"``, sign steps for ``"linf"``,
+  projection onto the ball after each step, the best value seen kept, so the result is >= 0
+  as ``delta = 0`` lies in the ball). The ascent starts
+  from a small random point (1% of ``rho``) because at a minimum the gradient is zero.
+* ``kind="average"`` (Keskar et al. 2017; Andriushchenko et al. 2023):
+  ``E_eps[L(w + delta(eps))] - L(w)`` with ``eps ~ N(0, rho^2 I)`` (``"l2"``) or
+  ``eps ~ U[-rho, rho]^n`` (``"linf"``), estimated from ``samples`` draws with its standard error.
+
+``adaptive=True`` uses ``delta = |w| * eps`` elementwise, the scale-invariant adaptive sharpness
+of Kwon et al. 2021 (ASAM) and Andriushchenko et al. 2023 ("A modern look at the relationship
+between sharpness and generalization"); ``adaptive=False`` uses ``delta = eps``.
+
+``L`` is the mean per-sample loss over all of ``data``; the ascent uses the full-data gradient.
+The model runs in eval mode and its weights are restored exactly afterwards.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+from torch import nn
+
+from .._data import Batches
+from .._loss import LossFn, resolve_loss
+from .._params import ParamSpec, select_params
+from .._perturb import data_loss, global_norm, random_like, set_weights
+from .._progress import progress
+from .._state import preserved
+from .._validation import check_choice, check_positive
+from ..types import Batch, Measurement
+
+KINDS = ("worst", "average")
+NORMS = ("l2", "linf")
+
+#: the worst-case ascent starts from a random point of this radius, as a fraction of rho
+START_FRACTION = 0.01
+
+
+def _check_count(value: int, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+
+
+def sharpness(
+    model: nn.Module,
+    data: Batch,
+    *,
+    rho: float,
+    kind: str = "worst",
+    adaptive: bool = True,
+    norm: str = "l2",
+    steps: int = 20,
+    step_size: float | None = None,
+    samples: int = 100,
+    params: ParamSpec = None,
+    seed: int = 0,
+    loss_fn: LossFn | None = None,
+    quiet: bool = False,
+) -> Measurement:
+    """Worst-case or average-case (adaptive) sharpness of the loss in a ``rho``-ball of weights.
+
+    ``rho``: radius of the ball (of ``eps``; with ``adaptive`` the weights move by ``|w| * eps``).
+    ``kind``: ``"worst"`` (projected gradient ascent, ``steps`` steps of ``step_size``; default
+    ``step_size`` is ``rho`` for l2, one step reaching the sphere as SAM's ascent does, and
+    ``rho / 4`` for linf) or ``"average"`` (``samples`` random draws). ``norm``: ``"l2"`` or ``"linf"``.
+    ``params``: the parameters to perturb (default all). Returns the sharpness as ``value``;
+    ``details`` hold the unperturbed ``loss``, the ``perturbed_loss`` and the settings
+    (``std_error`` of the estimate for ``kind="average"``).
+    """
+    start = time.perf_counter()
+    check_positive(rho, "rho")
+    check_choice(kind, "kind", KINDS)
+    check_choice(norm, "norm", NORMS)
+    _check_count(steps, "steps")
+    _check_count(samples, "samples")
+    if step_size is not None:
+        check_positive(step_size, "step_size")
+    if not isinstance(seed, int):
+        raise TypeError(f"seed: expected an integer, got {type(seed).__name__}")
+    loss_fn = resolve_loss(loss_fn)
+    batches = Batches(data)
+    named = select_params(model, params)
+    if step_size is None:
+        step_size = float(rho) if norm == "l2" else float(rho) / 4.0
+
+    with preserved(model, weights=True):
+        ps = [p for _, p in named]
+        base = [p.detach().clone() for p in ps]
+        scales = [b.abs() for b in base] if adaptive else [torch.ones_like(b) for b in base]
+        generator = torch.Generator().manual_seed(seed)
+        loss0, _, _ = data_loss(model, batches, loss_fn)
+        try:
+            if kind == "worst":
+                for p in ps:
+                    p.requires_grad_(True)
+                perturbed, extra = _worst(model, batches, loss_fn, ps, base, scales, rho, norm, steps,
+                                          step_size, generator, loss0, quiet)
+            else:
+                perturbed, extra = _average(model, batches, loss_fn, ps, base, scales, rho, norm, samples,
+                                            generator, quiet)
+        finally:
+            set_weights(ps, base)
+
+    details = {
+        "loss": loss0,
+        "perturbed_loss": perturbed,
+        "rho": float(rho),
+        "kind": kind,
+        "adaptive": bool(adaptive),
+        "norm": norm,
+        "seed": seed,
+        "params": [n for n, _ in named],
+        "num_params": int(sum(p.numel() for _, p in named)),
+        **extra,
+    }
+    return Measurement(
+        name="sharpness",
+        value=float(perturbed - loss0),
+        per_sample=None,
+        details=details,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def _worst(model, batches, loss_fn, ps, base, scales, rho, norm, steps, step_size, generator, loss0, quiet):
+    """Projected gradient ascent on ``L(w + scales * eps)`` over the ``rho``-ball of ``eps``."""
+    if norm == "l2":
+        eps = random_like(ps, generator, "normal")
+        size = global_norm(eps).clamp_min(torch.finfo(eps[0].dtype).tiny)
+        eps = [e * (START_FRACTION * rho / size) for e in eps]
+    else:
+        eps = [e * (START_FRACTION * rho) for e in random_like(ps, generator, "uniform")]
+    best, best_step = loss0, -1
+    for step in progress(range(steps + 1), desc="sharpness (worst)", quiet=quiet):
+        set_weights(ps, base, (1.0, [s * e for s, e in zip(scales, eps)]))
+        last = step == steps
+        loss, _, grads = data_loss(model, batches, loss_fn, grad_params=None if last else ps)
+        if loss > best:
+            best, best_step = loss, step
+        if last:
+            break
+        assert grads is not None
+        g_eps = [s * g for s, g in zip(scales, grads)]  # chain rule through delta = scales * eps
+        if norm == "l2":
+            g_norm = global_norm(g_eps)
+            if float(g_norm) == 0.0:
+                continue
+            eps = [e + (step_size / g_norm) * g for e, g in zip(eps, g_eps)]
+            e_norm = global_norm(eps)
+            if float(e_norm) > rho:
+                eps = [e * (rho / e_norm) for e in eps]
+        else:
+            eps = [(e + step_size * torch.sign(g)).clamp(-rho, rho) for e, g in zip(eps, g_eps)]
+    return best, {"steps": steps, "step_size": float(step_size), "best_step": best_step}
+
+
+def _average(model, batches, loss_fn, ps, base, scales, rho, norm, samples, generator, quiet):
+    """Monte-Carlo mean of ``L(w + scales * eps)`` over Gaussian (l2) or uniform (linf) ``eps``."""
+    draw = "normal" if norm == "l2" else "uniform"
+    losses = []
+    for _ in progress(range(samples), desc="sharpness (average)", quiet=quiet):
+        eps = random_like(ps, generator, draw)
+        set_weights(ps, base, (float(rho), [s * e for s, e in zip(scales, eps)]))
+        loss, _, _ = data_loss(model, batches, loss_fn)
+        losses.append(loss)
+    mean = sum(losses) / samples
+    std_error = None
+    if samples > 1:
+        var = sum((v - mean) ** 2 for v in losses) / (samples - 1)
+        std_error = math.sqrt(var / samples)
+    return mean, {"samples": samples, "std_error": std_error, "perturbed_losses": losses}

@@ -1,0 +1,339 @@
+"""Score model zoos: for each model, clean accuracy, robust accuracy under an attack, and measures.
+
+Work is cut into one :class:`Job` per model. A job loads its model itself (so an executor can
+run it on another process or machine from plain options), skips every row already in the
+store, and hands each result to a sink as soon as it exists: the local executor writes it to
+the store at once, so a killed run loses at most the row in flight. A model that fails to load
+or score is recorded as a failure and the run goes on.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+import traceback
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+from torch import nn
+
+from . import __version__, plugins
+from ._progress import progress
+from .attacks import pgd
+from .store import Store
+from .types import LoadedModel
+
+#: measures scored when none are named, with settings suited to a model zoo
+DEFAULT_MEASURES: dict[str, dict[str, Any]] = {
+    "relative_flatness": {},
+    "hessian_eigenvalues": {"k": 1, "max_iter": 50},
+    "hessian_trace": {"probes": 30, "tol": 0.02},
+    "local_flatness": {"steps": 10},
+}
+#: settings a measure needs when the caller gives none (eps follows the attack's eps)
+MEASURE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "sharpness": {"rho": 0.05, "kind": "average", "samples": 20},
+    "loss_landscape": {"steps": 21, "span": 1.0},
+}
+DEFAULT_ATTACK = {"name": "pgd", "eps": 8 / 255, "steps": 10}
+
+Row = dict[str, Any]
+
+
+def parse_eps(text: str | float) -> float:
+    """``"8/255"``, ``"0.03"`` or a number, as a float."""
+    if isinstance(text, (int, float)):
+        return float(text)
+    try:
+        return float(Fraction(text.strip()))
+    except (ValueError, ZeroDivisionError):
+        raise ValueError(f"eps: expected a number or a fraction such as 8/255, got {text!r}") from None
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model a worker can load by itself: a registered source, its options, and a name."""
+
+    source: str
+    name: str
+    options: tuple[tuple[str, Any], ...] = ()
+
+    @classmethod
+    def of(cls, source: str, name: str, **options: Any) -> "ModelSpec":
+        return cls(source, name, tuple(sorted(options.items())))
+
+    def load(self, device: str | torch.device) -> LoadedModel:
+        factory = plugins.get("sources", self.source)
+        return factory(**dict(self.options)).load(self.name, device=device)
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A registered dataset, its path and options, and the subset (``n``, ``seed``)."""
+
+    name: str
+    path: str | None = None
+    n: int | None = None
+    seed: int = 0
+    options: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def key(self) -> str:
+        where = f"[{Path(self.path).name}]" if self.path else ""
+        return f"{self.name}{where}:n={self.n if self.n is not None else 'all'},seed={self.seed}"
+
+    def load(self) -> tuple[torch.Tensor, torch.Tensor]:
+        loader = plugins.get("datasets", self.name)
+        kwargs: dict[str, Any] = dict(self.options)
+        if self.path is not None:
+            kwargs["path"] = self.path
+        x, y = loader(n=self.n, seed=self.seed, **kwargs)[:2]
+        return x, y
+
+
+@dataclass
+class Job:
+    """Everything needed to score one model; plain data, so it can travel to a worker."""
+
+    model: ModelSpec | LoadedModel
+    dataset: DatasetSpec | tuple[str, torch.Tensor, torch.Tensor]
+    measures: dict[str, dict[str, Any]]
+    attack: dict[str, Any]
+    device: str
+    batch_size: int = 128
+
+    @property
+    def model_name(self) -> str:
+        return self.model.name
+
+    @property
+    def source_name(self) -> str:
+        return self.model.source if isinstance(self.model, ModelSpec) else str(self.model.metadata.get("source", "inline"))
+
+    @property
+    def dataset_key(self) -> str:
+        return self.dataset.key if isinstance(self.dataset, DatasetSpec) else self.dataset[0]
+
+    def planned(self) -> list[tuple[str, str, dict[str, Any]]]:
+        """``(kind, name, params)`` of every row this job produces."""
+        attack_params = {k: v for k, v in self.attack.items() if k != "name"}
+        rows = [("accuracy", "clean", {}), ("attack", self.attack["name"], attack_params)]
+        return rows + [("measure", name, params) for name, params in self.measures.items()]
+
+    def key(self, kind: str, name: str, params: dict[str, Any]) -> dict[str, Any]:
+        return dict(model=self.model_name, source=self.source_name, dataset=self.dataset_key,
+                    kind=kind, name=name, params=params)
+
+
+def versions() -> dict[str, str]:
+    return {"flatplug": __version__, "torch": torch.__version__, "python": platform.python_version()}
+
+
+def resolve_device(device: str | torch.device | None) -> str:
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    device = str(device)
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device: {device!r} was asked for but CUDA is not available here; pass --device cpu")
+    return device
+
+
+def make_attack(model: nn.Module, spec: dict[str, Any]) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """A registered attack (``factory(model, **params)``), else the core PGD for ``pgd``/``pgdl2``."""
+    name = spec["name"]
+    params = {k: v for k, v in spec.items() if k != "name"}
+    if name in plugins.list_plugins("attacks"):
+        return plugins.get("attacks", name)(model, **params)
+    if name in ("pgd", "pgdl2"):
+        norm = "l2" if name == "pgdl2" else params.pop("norm", "linf")
+        return lambda x, y: pgd(model, x, y, norm=norm, **params)
+    plugins.get("attacks", name)  # raises with the available names and the closest match
+    raise AssertionError("unreachable")
+
+
+def _check_input_shape(loaded: LoadedModel, x: torch.Tensor) -> None:
+    expected = loaded.metadata.get("input_shape") or loaded.metadata.get("input")
+    if expected is not None and list(expected) != list(x.shape[1:]):
+        raise ValueError(f"model {loaded.name!r} expects inputs of shape {list(expected)} but the dataset has "
+                         f"images of shape {list(x.shape[1:])}; score it on a dataset with matching images")
+    try:
+        with torch.no_grad():
+            loaded.module(x[:2])
+    except RuntimeError as exc:
+        raise ValueError(f"model {loaded.name!r} cannot run on the dataset's images of shape {list(x.shape[1:])} "
+                         f"({str(exc).splitlines()[0]}); score it on a dataset with matching images") from None
+
+
+_DATA_CACHE: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _dataset_tensors(job: Job) -> tuple[torch.Tensor, torch.Tensor]:
+    if not isinstance(job.dataset, DatasetSpec):
+        return job.dataset[1], job.dataset[2]
+    if job.dataset.key not in _DATA_CACHE:
+        _DATA_CACHE[job.dataset.key] = job.dataset.load()
+    return _DATA_CACHE[job.dataset.key]
+
+
+def run_job(job: Job, sink: Callable[[Row], None], *, done: Callable[[dict], bool] = lambda key: False,
+            quiet: bool = True) -> None:
+    """Score one model, calling ``sink(row)`` as each result exists; skip keys for which ``done(key)``."""
+    todo = [(kind, name, params) for kind, name, params in job.planned() if not done(job.key(kind, name, params))]
+    if not todo:
+        return
+    common = dict(device=job.device, versions=versions())
+
+    def fail(stage: str, exc: BaseException) -> None:
+        detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+        sink({**job.key("failure", stage, {}), "value": None, "details": {"stage": stage},
+              "seconds": None, "status": "failed", "error": detail, **common})
+
+    try:
+        start = time.perf_counter()
+        loaded = job.model if isinstance(job.model, LoadedModel) else job.model.load(job.device)
+        model = loaded.module.to(job.device).eval()
+        x_all, y_all = _dataset_tensors(job)
+        x_all, y_all = x_all.to(job.device), y_all.to(job.device)
+        _check_input_shape(loaded, x_all)
+        load_seconds = time.perf_counter() - start
+    except Exception as exc:  # recorded, and the run goes on
+        fail("load", exc)
+        return
+    batches = [(x_all[i:i + job.batch_size], y_all[i:i + job.batch_size]) for i in range(0, len(y_all), job.batch_size)]
+    for kind, name, params in progress(todo, desc=f"{job.model_name}", quiet=quiet):
+        start = time.perf_counter()
+        try:
+            details: dict[str, Any] = {"n": int(len(y_all))}
+            per_sample = None
+            if kind == "accuracy":
+                with torch.no_grad():
+                    correct = sum(int((model(x).argmax(1) == y).sum()) for x, y in batches)
+                value = correct / len(y_all)
+                details["load_seconds"] = load_seconds
+            elif kind == "attack":
+                attack = make_attack(model, {"name": name, **params})
+                correct = 0
+                for x, y in batches:
+                    adv = attack(x, y)
+                    with torch.no_grad():
+                        correct += int((model(adv).argmax(1) == y).sum())
+                value = correct / len(y_all)
+            else:
+                from .api import measure
+
+                result = measure(name, model, batches, quiet=True, **params)
+                value, per_sample = result.value, result.per_sample
+                details.update(result.details)
+            if per_sample is not None:
+                details["per_sample_mean"] = float(per_sample.float().mean())
+            sink({**job.key(kind, name, params), "value": value, "details": details,
+                  "seconds": time.perf_counter() - start, "status": "ok", "error": None, **common})
+        except Exception as exc:
+            detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+            sink({**job.key(kind, name, params), "value": None, "details": {"stage": kind},
+                  "seconds": time.perf_counter() - start, "status": "failed", "error": detail, **common})
+
+
+class LocalExecutor:
+    """Runs jobs one after another in this process, writing each row to the store at once."""
+
+    def __init__(self, **options: Any):
+        if options:
+            raise TypeError(f"the local executor takes no options, got {sorted(options)}")
+
+    def run(self, jobs: Sequence[Job], store: Store, *, quiet: bool = False) -> None:
+        for job in progress(jobs, desc="models", quiet=quiet, leave=True):
+            run_job(job, lambda row: store.put(**{k: v for k, v in row.items()}),
+                    done=lambda key: store.has(**key), quiet=quiet)
+
+
+def _measures_arg(measures: Any, attack: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    if measures is None:
+        chosen = {k: dict(v) for k, v in DEFAULT_MEASURES.items()}
+    elif isinstance(measures, dict):
+        chosen = {k: dict(v or {}) for k, v in measures.items()}
+    elif isinstance(measures, str):
+        chosen = {measures: {}}
+    else:
+        chosen = {}
+        for item in measures:
+            name, params = (item, {}) if isinstance(item, str) else (item[0], dict(item[1]))
+            chosen[name] = params
+    for name, params in chosen.items():
+        plugins.get("measures", name)  # unknown names fail before any work, with the closest match
+        for key, value in MEASURE_DEFAULTS.get(name, {}).items():
+            params.setdefault(key, value)
+        if name == "local_flatness":
+            params.setdefault("eps", attack.get("eps", 8 / 255))
+            params.setdefault("norm", "l2" if attack["name"].endswith("l2") else "linf")
+    return chosen
+
+
+def _attack_arg(attack: Any) -> dict[str, Any]:
+    if attack is None:
+        return dict(DEFAULT_ATTACK)
+    if isinstance(attack, str):
+        spec = {**DEFAULT_ATTACK, "name": attack}
+    else:
+        spec = dict(attack)
+        spec.setdefault("name", "pgd")
+        spec.setdefault("eps", DEFAULT_ATTACK["eps"])
+    spec["eps"] = parse_eps(spec["eps"])
+    if spec["eps"] < 0:
+        raise ValueError(f"eps: expected a non-negative radius, got {spec['eps']}")
+    return spec
+
+
+def score(
+    models: Iterable[ModelSpec | LoadedModel],
+    dataset: DatasetSpec | tuple,
+    *,
+    measures: Any = None,
+    attack: Any = None,
+    store: str | Path | Store = "flatplug-results.db",
+    executor: str = "local",
+    device: str | None = None,
+    batch_size: int = 128,
+    quiet: bool = False,
+    **executor_options: Any,
+):
+    """Score every model on ``dataset``; returns this run's rows of the store as a DataFrame.
+
+    ``models``: :class:`ModelSpec` (loaded by the executor) or ready :class:`LoadedModel`
+    objects. ``dataset``: a :class:`DatasetSpec`, or ``(x, y)`` / ``(name, x, y)`` tensors.
+    ``measures``: names, ``{name: params}``, or None for :data:`DEFAULT_MEASURES`.
+    ``attack``: a name or ``{"name": ..., "eps": ..., ...}`` (default PGD-10 at 8/255); a
+    registered attack (e.g. from the torchattacks adapter) is used when present, else the
+    core PGD. ``executor``: ``"local"`` or any registered executor (``"ray"``).
+    """
+    models = list(models)
+    if not models:
+        raise ValueError("models: nothing to score; pass at least one model")
+    attack_spec = _attack_arg(attack)
+    chosen = _measures_arg(measures, attack_spec)
+    if not isinstance(dataset, DatasetSpec):
+        if len(dataset) == 2:
+            dataset = ("custom", dataset[0], dataset[1])
+        name, x, y = dataset
+        dataset = (name, x, y)
+    if isinstance(dataset, DatasetSpec):
+        _DATA_CACHE[dataset.key] = dataset.load()  # bad paths or n fail here, before any work
+    for source in {m.source for m in models if isinstance(m, ModelSpec)}:
+        plugins.get("sources", source)
+    dev = resolve_device(device)
+    jobs = [Job(m, dataset, chosen, attack_spec, dev, batch_size) for m in models]
+    own = not isinstance(store, Store)
+    db = Store(store) if own else store
+    try:
+        runner = plugins.get("executors", executor)(**executor_options)
+        runner.run(jobs, db, quiet=quiet)
+        frame = db.to_dataframe()
+    finally:
+        if own:
+            db.close()
+    names = {j.model_name for j in jobs}
+    keys = {j.dataset_key for j in jobs}
+    return frame[frame["model"].isin(names) & frame["dataset"].isin(keys)].reset_index(drop=True)

@@ -1,0 +1,111 @@
+"""The embedded default zoo: small CNNs trained on scikit-learn's digits with varied training.
+
+Eight models that differ only in how they were trained (standard, PGD-AT at two eps, LFR,
+SAM, ASAM, AWP, FAM), so flatness and robustness vary for known reasons. Trained once
+(about a minute on 2 CPU cores) and cached under the user's cache folder; later loads take
+milliseconds. The cache key includes the recipe, so a changed recipe retrains.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..types import LoadedModel
+from .digits import load_digits
+from .subset import to_loader
+
+#: name -> (training method, method parameters)
+RECIPES: dict[str, tuple[str, dict]] = {
+    "standard": ("standard", {}),
+    "pgd-at-0.05": ("pgd-at", {"eps": 0.05, "steps": 5}),
+    "pgd-at-0.15": ("pgd-at", {"eps": 0.15, "steps": 5}),
+    "lfr": ("lfr", {"eps": 0.1, "lam": 0.5, "steps": 3}),
+    "sam": ("sam", {"rho": 0.1}),
+    "asam": ("asam", {"rho": 1.0}),
+    "awp": ("awp", {"eps": 0.1, "steps": 5, "gamma": 0.01}),
+    "fam": ("fam", {"lam": 0.05}),
+}
+EPOCHS = 20
+BATCH = 64
+LR = 3e-3
+
+
+def digits_cnn(seed: int = 0) -> nn.Sequential:
+    """A two-layer CNN for 1x8x8 digits (about 13k parameters)."""
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+        nn.Linear(16 * 16, 32), nn.ReLU(), nn.Linear(32, 10),
+    )
+
+
+def cache_dir() -> Path:
+    """``$FLATPLUG_CACHE`` or ``$XDG_CACHE_HOME/flatplug`` (default ``~/.cache/flatplug``)."""
+    if os.environ.get("FLATPLUG_CACHE"):
+        return Path(os.environ["FLATPLUG_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "flatplug"
+
+
+def _key(name: str) -> str:
+    method, params = RECIPES[name]
+    recipe = {"method": method, "params": params, "epochs": EPOCHS, "batch": BATCH, "lr": LR, "version": 1}
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
+
+
+class DemoSource:
+    """The digits demo zoo as a model source (``names``/``load``)."""
+
+    def __init__(self, cache: str | os.PathLike | None = None, quiet: bool = True):
+        self.cache = Path(cache) if cache is not None else cache_dir() / "demo"
+        self.quiet = quiet
+
+    def names(self, dataset: str | None = None) -> list[str]:
+        if dataset not in (None, "digits"):
+            raise ValueError(f"dataset: the demo zoo is trained on 'digits', not {dataset!r}")
+        return list(RECIPES)
+
+    def path(self, name: str) -> Path:
+        return self.cache / f"{name}-{_key(name)}.pt"
+
+    def train(self, name: str) -> nn.Sequential:
+        """Train ``name`` from its recipe (deterministic on the CPU)."""
+        from ..training import train
+
+        method, params = RECIPES[name]
+        x, y = load_digits(split="train")
+        model = digits_cnn(0)
+        opt = torch.optim.Adam(model.parameters(), lr=LR)
+        torch.manual_seed(0)
+        train(model, to_loader(x, y, BATCH), method=method, epochs=EPOCHS, optimizer=opt, quiet=self.quiet, **params)
+        return model
+
+    def load(self, name: str, device: str | torch.device = "cpu") -> LoadedModel:
+        if name not in RECIPES:
+            import difflib
+
+            close = difflib.get_close_matches(name, list(RECIPES), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise LookupError(f"unknown demo model {name!r}.{hint} Demo models: {', '.join(RECIPES)}")
+        file = self.path(name)
+        model = digits_cnn(0)
+        if file.is_file():
+            model.load_state_dict(torch.load(file, map_location="cpu", weights_only=True))
+        else:
+            model = self.train(name)
+            file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = file.with_suffix(".tmp")
+            torch.save(model.state_dict(), tmp)
+            tmp.replace(file)  # atomic: a killed run never leaves half a checkpoint
+        method, params = RECIPES[name]
+        return LoadedModel(
+            name=name, module=model.to(device).eval(), dataset="digits", threat_model="Linf",
+            metadata={"architecture": "digits-cnn", "training": method, "training_params": params,
+                      "epochs": EPOCHS, "source": "demo", "input_shape": [1, 8, 8], "checkpoint": str(file)},
+        )

@@ -1,0 +1,196 @@
+"""hessian_eigenvalues against torch.linalg.eigvalsh of the dense autograd Hessian."""
+
+from __future__ import annotations
+
+import functools
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import dense_hessian, tiny_batch, tiny_mlp
+from flatplug.measures import hessian_eigenvalues
+
+# With tol=1e-7 every Ritz value lies within 1e-7 * |theta| of an eigenvalue (residual bound),
+# and the top-k Ritz values are lower bounds of the top-k eigenvalues (Cauchy interlacing):
+# 1e-4 relative leaves room only for float64 rounding.
+TOL = 1e-7
+REL = 1e-4
+
+
+@functools.lru_cache(maxsize=None)
+def spectrum(names: tuple[str, ...] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dense Hessian and its ascending eigenvalues for the default tiny net and batch."""
+    h = dense_hessian(tiny_mlp(), *tiny_batch(), list(names) if names else None)
+    return h, torch.linalg.eigvalsh(h)
+
+
+def three_batches(x, y):
+    return [(x[:5], y[:5]), (x[5:11], y[5:11]), (x[11:], y[11:])]
+
+
+def assert_rel_close(got: list[float], expected: torch.Tensor) -> None:
+    assert len(got) == expected.numel()
+    exp = expected.tolist()
+    for g, e in zip(got, exp):
+        assert abs(g - e) <= REL * abs(e), (got, exp)
+
+
+@pytest.mark.parametrize("k", [1, 5])
+@pytest.mark.parametrize("split", [False, True])
+def test_top_eigenvalues_all_params(k, split):
+    model, (x, y) = tiny_mlp(), tiny_batch()
+    _, ev = spectrum()
+    data = three_batches(x, y) if split else (x, y)
+    m = hessian_eigenvalues(model, data, k=k, tol=TOL, quiet=True)
+    expected = ev.flip(0)[:k]
+    assert_rel_close(m.details["eigenvalues"], expected)
+    assert m.value == m.details["eigenvalues"][0]
+    assert m.details["num_params"] == 39
+    assert m.details["params"] == ["0.weight", "0.bias", "2.weight", "2.bias"]
+    assert m.details["k"] == k and m.details["tol"] == TOL
+    assert m.details["converged"]
+    assert m.details["hvp_count"] == m.details["iterations"] <= 39
+    json.dumps(m.details)
+
+
+@pytest.mark.parametrize("spec", ["names", "module", "tensors"])
+@pytest.mark.parametrize("split", [False, True])
+def test_top_eigenvalues_param_subset(spec, split):
+    model, (x, y) = tiny_mlp(), tiny_batch()
+    params, names = {
+        "names": (["0.weight", "2.bias"], ("0.weight", "2.bias")),
+        "module": (model[2], ("2.weight", "2.bias")),
+        "tensors": ([model[0].weight, model[0].bias], ("0.weight", "0.bias")),
+    }[spec]
+    _, ev = spectrum(names)
+    data = three_batches(x, y) if split else (x, y)
+    k = 3
+    m = hessian_eigenvalues(model, data, k=k, params=params, tol=TOL, quiet=True)
+    assert m.details["params"] == list(names)
+    assert m.details["num_params"] == ev.numel()
+    assert_rel_close(m.details["eigenvalues"], ev.flip(0)[:k])
+
+
+def test_which_magnitude_and_smallest():
+    model, batch = tiny_mlp(), tiny_batch()
+    _, ev = spectrum()
+    by_mag = ev[torch.argsort(ev.abs(), descending=True)][:3]
+    # this net's most negative eigenvalue outranks its second largest in magnitude
+    assert by_mag[1] < 0
+    m = hessian_eigenvalues(model, batch, k=3, which="magnitude", tol=TOL, quiet=True)
+    assert_rel_close(m.details["eigenvalues"], by_mag)
+    m = hessian_eigenvalues(model, batch, k=2, which="smallest", tol=TOL, quiet=True)
+    assert_rel_close(m.details["eigenvalues"], ev[:2])
+    assert m.value < 0
+
+
+@pytest.mark.parametrize("k", [1, 4])
+def test_eigenvectors_satisfy_the_eigen_equation(k):
+    model, batch = tiny_mlp(), tiny_batch()
+    h, _ = spectrum()
+    m = hessian_eigenvalues(model, batch, k=k, tol=TOL, return_eigenvectors=True, quiet=True)
+    vecs = m.artifacts["eigenvectors"]
+    assert vecs.shape == (k, 39)
+    assert torch.allclose(vecs.norm(dim=1), torch.ones(k, dtype=torch.float64), atol=1e-12)
+    for lam, v in zip(m.details["eigenvalues"], vecs):
+        # ||H v - lambda v|| is the Ritz residual, <= tol * |lambda| at convergence (+ rounding)
+        assert float((h @ v - lam * v).norm()) <= TOL * abs(lam) + 1e-12 * float(h.norm())
+    by_param = m.artifacts["eigenvectors_by_param"]
+    assert len(by_param) == k
+    for name, p in model.named_parameters():
+        assert by_param[0][name].shape == p.shape
+    assert torch.equal(torch.cat([t.reshape(-1) for t in by_param[0].values()]), vecs[0])
+
+
+def test_float32_model():
+    model, batch = tiny_mlp().float(), tiny_batch()
+    _, ev = spectrum()
+    m = hessian_eigenvalues(model, batch, k=2, tol=1e-5, quiet=True)
+    # float32 products carry ~1e-6 relative rounding; the residual tolerance adds 1e-5
+    for g, e in zip(m.details["eigenvalues"], ev.flip(0)[:2].tolist()):
+        assert abs(g - e) <= 1e-4 * abs(e)
+
+
+def test_deterministic_given_seed():
+    model, batch = tiny_mlp(), tiny_batch()
+    a = hessian_eigenvalues(model, batch, k=2, seed=7, quiet=True)
+    b = hessian_eigenvalues(model, batch, k=2, seed=7, quiet=True)
+    assert a.details["eigenvalues"] == b.details["eigenvalues"]
+    assert a.details["iterations"] == b.details["iterations"]
+
+
+def test_max_iter_caps_the_products():
+    model, batch = tiny_mlp(), tiny_batch()
+    m = hessian_eigenvalues(model, batch, k=2, tol=1e-12, max_iter=4, quiet=True)
+    assert m.details["iterations"] == 4 and m.details["hvp_count"] == 4
+    assert not m.details["converged"]
+    _, ev = spectrum()
+    # Ritz values of a Krylov space are lower bounds of the top eigenvalues (interlacing)
+    assert m.details["eigenvalues"][0] <= float(ev[-1]) * (1 + 1e-12)
+
+
+class ThreeD(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = tiny_mlp()
+
+    def forward(self, x):
+        return self.net(x)[:, None, :]
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"k": 0}, "k: expected an integer >= 1"),
+        ({"k": 1.5}, "k: expected an integer"),
+        ({"k": 40}, r"k: asked for 40 eigenvalues of a 39-dimensional Hessian"),
+        ({"tol": 0}, "tol: expected a positive"),
+        ({"tol": -1e-3}, "tol: expected a positive"),
+        ({"which": "biggest"}, "which: expected one of"),
+        ({"max_iter": 0}, "max_iter: expected an integer >= 1"),
+        ({"k": 3, "max_iter": 2}, "max_iter: must be at least k=3"),
+        ({"params": "fc9"}, "params: the model has no parameter or module named"),
+    ],
+)
+def test_bad_parameters(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        hessian_eigenvalues(tiny_mlp(), tiny_batch(), quiet=True, **kwargs)
+
+
+def test_bad_data_and_model():
+    with pytest.raises(ValueError, match="no batches"):
+        hessian_eigenvalues(tiny_mlp(), [], quiet=True)
+    with pytest.raises(ValueError, match=r"logits of shape \[N, classes\]"):
+        hessian_eigenvalues(ThreeD(), tiny_batch(), quiet=True)
+
+
+def snapshot(model: nn.Module) -> dict:
+    return {
+        "modes": [m.training for m in model.modules()],
+        "weights": [t.detach().clone() for t in model.state_dict().values()],
+        "requires_grad": [p.requires_grad for p in model.parameters()],
+        "grads": [None if p.grad is None else p.grad.clone() for p in model.parameters()],
+        "hooks": [len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in model.modules()],
+    }
+
+
+def assert_same(a: dict, b: dict) -> None:
+    assert a["modes"] == b["modes"] and a["requires_grad"] == b["requires_grad"] and a["hooks"] == b["hooks"]
+    assert all(torch.equal(s, t) for s, t in zip(a["weights"], b["weights"]))
+    assert all((s is None and t is None) or torch.equal(s, t) for s, t in zip(a["grads"], b["grads"]))
+
+
+@pytest.mark.parametrize("split", [False, True])
+def test_model_left_unchanged(split):
+    model, (x, y) = tiny_mlp(), tiny_batch()
+    model.train()
+    model[0].weight.requires_grad_(False)
+    model[2].weight.grad = torch.full_like(model[2].weight, 0.5)
+    model[0].register_forward_hook(lambda mod, inp, out: None)
+    before = snapshot(model)
+    data = three_batches(x, y) if split else (x, y)
+    hessian_eigenvalues(model, data, k=2, params=[model[0].weight, "2"], return_eigenvectors=True, quiet=True)
+    assert_same(before, snapshot(model))
+    assert model.training

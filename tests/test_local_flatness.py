@@ -1,0 +1,175 @@
+"""local_flatness: exact on linear losses, bracketed by the clean gradient norm and a spectral bound on MLPs."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from flatplug.measures import local_flatness
+from flatplug.measures.local_flatness import max_gradient_norm_point
+from conftest import tiny_mlp
+
+ORDERS = {1: 1.0, 2: 2.0, "inf": math.inf}
+
+
+def neg_logit(logits, y):
+    return -logits.gather(1, y[:, None]).squeeze(1)
+
+
+def unit_batch(n=10, d=5, classes=3, seed=1, lo=0.0, hi=1.0):
+    g = torch.Generator().manual_seed(seed)
+    x = lo + (hi - lo) * torch.rand(n, d, generator=g, dtype=torch.float64)
+    return x, torch.randint(0, classes, (n,), generator=g)
+
+
+def grad_norms(model, x, y, q, loss_fn=None):
+    """Per-sample ||d loss / d x||_q by plain autograd."""
+    x = x.detach().clone().requires_grad_(True)
+    logits = model(x)
+    losses = F.cross_entropy(logits, y, reduction="none") if loss_fn is None else loss_fn(logits, y)
+    (g,) = torch.autograd.grad(losses.sum(), x)
+    return torch.linalg.vector_norm(g.reshape(len(x), -1), ord=q, dim=1)
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+@pytest.mark.parametrize("q", [1, 2, "inf"])
+def test_linear_loss_gives_the_constant_gradient_norm(norm, q):
+    torch.manual_seed(0)
+    model = nn.Linear(6, 4).double()
+    x, y = unit_batch(8, 6, 4, lo=0.4, hi=0.6)  # no clipping is active for eps = 0.05
+    m = local_flatness(model, (x, y), eps=0.05, norm=norm, q=q, steps=5, loss_fn=neg_logit, quiet=True)
+    expected = torch.linalg.vector_norm(model.weight.detach()[y], ord=ORDERS[q], dim=1)
+    assert torch.allclose(m.per_sample, expected, rtol=1e-14, atol=0)
+    assert m.value == pytest.approx(float(expected.mean()), rel=1e-14)
+    assert m.details["grad_norm_at_x"] == pytest.approx(float(expected.mean()), rel=1e-14)
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+@pytest.mark.parametrize("q", [1, 2, "inf"])
+def test_mlp_bracketed_by_clean_norm_and_spectral_bound(norm, q):
+    model = tiny_mlp(d_in=5, hidden=6, classes=3)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(3.0)  # curved enough that the ascent moves
+    x, y = unit_batch(12, 5, 3)
+    batches = [(x[:7], y[:7]), (x[7:], y[7:])]
+    m = local_flatness(model, batches, eps=0.1, norm=norm, q=q, steps=8, quiet=True)
+    at_x = grad_norms(model, x, y, ORDERS[q])
+    assert torch.all(m.per_sample >= at_x * (1 - 1e-12))
+    assert bool((m.per_sample > at_x * (1 + 1e-6)).any())  # the ascent found steeper points
+    # grad = W1^T diag(tanh') W2^T (p - e_y), |tanh'| <= 1, ||p - e_y||_2 <= sqrt(2)
+    s1 = torch.linalg.matrix_norm(model[0].weight.detach(), ord=2)
+    s2 = torch.linalg.matrix_norm(model[2].weight.detach(), ord=2)
+    l2_bound = float(s1 * s2) * math.sqrt(2)
+    bound = {1: math.sqrt(5) * l2_bound, 2: l2_bound, "inf": l2_bound}[q]
+    assert float(m.per_sample.max()) <= bound
+    assert m.details["grad_norm_at_x"] == pytest.approx(float(at_x.mean()), rel=1e-12)
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_max_point_reports_its_own_gradient_norm(norm):
+    model = tiny_mlp(d_in=4, hidden=5, classes=3)
+    x, y = unit_batch(9, 4, 3, seed=3)
+    x_best, best = max_gradient_norm_point(model, x, y, eps=0.2, norm=norm, q=2, steps=6,
+                                           generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(best, grad_norms(model, x_best, y, 2.0), rtol=1e-12, atol=0)
+    delta = (x_best - x).reshape(len(x), -1)
+    size = delta.abs().amax(1) if norm == "linf" else delta.norm(dim=1)
+    assert torch.all(size <= 0.2 + 1e-12)
+    assert x_best.min() >= 0 and x_best.max() <= 1
+
+
+def test_helper_keeps_train_mode_and_leaves_no_grads():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Dropout(0.0), nn.Linear(6, 3)).double()
+    model.train()
+    x, y = unit_batch(5, 4, 3)
+    max_gradient_norm_point(model, x, y, eps=0.1, steps=3, generator=torch.Generator().manual_seed(1))
+    assert all(m.training for m in model.modules())
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_zero_eps_is_the_clean_gradient_norm():
+    model = tiny_mlp()
+    x, y = unit_batch(6, 5, 3)
+    m = local_flatness(model, (x, y), eps=0.0, q=1, quiet=True)
+    assert torch.allclose(m.per_sample, grad_norms(model, x, y, 1.0), rtol=1e-12, atol=0)
+
+
+def test_model_left_unchanged_and_deterministic():
+    model = tiny_mlp()
+    x, y = unit_batch(8, 5, 3)
+    model.train()
+    model[0].weight.requires_grad_(False)
+    F.cross_entropy(model(x), y).backward()
+    model[0].register_forward_hook(lambda *a: None)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    grads = [None if p.grad is None else p.grad.clone() for p in model.parameters()]
+    hooks = dict(model[0]._forward_hooks)
+    a = local_flatness(model, (x, y), eps=0.1, steps=4, seed=2, quiet=True)
+    b = local_flatness(model, (x, y), eps=0.1, steps=4, seed=2, quiet=True)
+    assert torch.equal(a.per_sample, b.per_sample)
+    assert all(m.training for m in model.modules())
+    assert [p.requires_grad for p in model.parameters()] == [False, True, True, True]
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, state[k])
+    for p, g in zip(model.parameters(), grads):
+        assert (p.grad is None and g is None) or torch.equal(p.grad, g)
+    assert dict(model[0]._forward_hooks) == hooks
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    n=st.integers(1, 6),
+    d=st.integers(1, 6),
+    hidden=st.integers(1, 5),
+    classes=st.integers(2, 4),
+    eps=st.floats(0.0, 0.5),
+    norm=st.sampled_from(["linf", "l2"]),
+    q=st.sampled_from([1, 2, "inf"]),
+    seed=st.integers(0, 1000),
+)
+def test_property_lf_at_least_clean_norm_and_points_in_ball(n, d, hidden, classes, eps, norm, q, seed):
+    model = tiny_mlp(d_in=d, hidden=hidden, classes=classes, seed=seed)
+    x, y = unit_batch(n, d, classes, seed=seed)
+    x_best, best = max_gradient_norm_point(model, x, y, eps=eps, norm=norm, q=q, steps=3,
+                                           generator=torch.Generator().manual_seed(seed))
+    at_x = grad_norms(model, x, y, ORDERS[q])
+    assert torch.all(best >= at_x * (1 - 1e-12))
+    assert x_best.min() >= 0 and x_best.max() <= 1
+    delta = (x_best - x).reshape(n, -1)
+    size = delta.abs().amax(1) if norm == "linf" else delta.norm(dim=1)
+    assert torch.all(size <= eps * (1 + 1e-12) + 1e-15)
+
+
+@pytest.mark.parametrize(
+    "kwargs, err, match",
+    [
+        ({"eps": -0.1}, ValueError, "eps"),
+        ({"eps": float("nan")}, ValueError, "eps"),
+        ({"eps": 0.1, "q": 3}, ValueError, "q: expected"),
+        ({"eps": 0.1, "norm": "l1"}, ValueError, "norm"),
+        ({"eps": 0.1, "steps": -1}, ValueError, "steps"),
+        ({"eps": 0.1, "step_size": 0.0}, ValueError, "step_size"),
+    ],
+)
+def test_bad_arguments(kwargs, err, match):
+    x, y = unit_batch()
+    with pytest.raises(err, match=match):
+        local_flatness(tiny_mlp(), (x, y), quiet=True, **kwargs)
+    with pytest.raises(err, match=match):
+        max_gradient_norm_point(tiny_mlp(), x, y, **kwargs)
+
+
+def test_inputs_must_be_in_unit_range():
+    x, y = unit_batch()
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        local_flatness(tiny_mlp(), (x * 255, y), eps=0.1, quiet=True)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        max_gradient_norm_point(tiny_mlp(), x - 0.5, y, eps=0.1)
