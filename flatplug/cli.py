@@ -87,6 +87,8 @@ def _cmd_score(args: argparse.Namespace) -> int:
         options["model_dir"] = args.model_dir
     if args.threat_model:
         options["threat_model"] = args.threat_model
+    if args.source == "robustbench" and args.model_dataset:
+        options.setdefault("dataset", args.model_dataset)
     if args.source == "zoo" and "manifest" not in options:
         raise ValueError("--source zoo needs --manifest PATH (a zoo.json such as ../shared/models/zoo.json)")
     factory = plugins.get("sources", args.source)
@@ -112,12 +114,27 @@ def _cmd_score(args: argparse.Namespace) -> int:
           f"-> {store}")
     for _, row in failed.iterrows():
         print(f"  failed: {row['model']} {row['kind']}/{row['name']}: {row['error']}", file=sys.stderr)
+    _print_table(frame)
     if not args.no_report:
         from .report import build_report
 
         out = build_report(store, args.report)
         print(f"report: {out}")
     return 0
+
+
+def _print_table(frame) -> None:
+    """The per-model table (one column per accuracy and measure) on the terminal."""
+    import pandas as pd
+
+    from .report import summary_table
+
+    if frame.empty:
+        return
+    table = summary_table(frame)
+    keep = [c for c in table.columns if c not in ("source", "dataset", "seconds", "failures")]
+    with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:.4g}".format):
+        print(table[keep].to_string(index=False))
 
 
 def _cmd_report(args: argparse.Namespace) -> int:

@@ -122,8 +122,8 @@ def test_cli_plugins_lists_kind_plugin_version():
     out = subprocess.run(
         [sys.executable, "-m", "flatplug", "plugins"], capture_output=True, text=True, check=True, cwd=ROOT
     ).stdout
-    line = next(l for l in out.splitlines() if "relative_flatness" in l)
-    assert "measure" in line and "flatplug" in line and fp.__version__ in line
+    line = next(l for l in out.splitlines() if l.split()[:2] == ["measure", "relative_flatness"])
+    assert line.split()[2:] == ["flatplug", fp.__version__]
 
 
 def test_third_party_example_installs_and_is_found(tmp_path):

@@ -31,7 +31,7 @@ class LFR(TrainingMethod):
     name = "lfr"
     needs_unit_inputs = True
 
-    def __init__(self, eps: float = 8 / 255, lam: float = 1.0, q: float = 1, norm: str = "linf", steps: int = 5,
+    def __init__(self, eps: float = 8 / 255, lam: float = 0.05, q: float = 1, norm: str = "linf", steps: int = 5,
                  step_size: float | None = None, adversarial: bool = False, pgd_steps: int = 10, attack=None):
         check_positive(eps, "eps", allow_zero=True)
         check_positive(lam, "lam", allow_zero=True)
