@@ -107,7 +107,8 @@ def _cmd_score(args: argparse.Namespace) -> int:
     spec = DatasetSpec(dataset, args.data, args.n, args.seed)
     executor_options = {"address": args.address} if args.address else {}
     frame = score(specs, spec, measures=measures, attack=attack, store=store, executor=args.executor,
-                  device=args.device, batch_size=args.batch_size, quiet=args.quiet, **executor_options)
+                  device=args.device, batch_size=args.batch_size, precision=args.precision, quiet=args.quiet,
+                  **executor_options)
     ok = frame[frame["status"] == "ok"]
     failed = frame[frame["status"] != "ok"]
     print(f"scored {len(set(frame['model']))} models on {spec.key}: {len(ok)} results, {len(failed)} failures "
@@ -193,7 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=10, help="attack steps (default 10)")
     p.add_argument("--store", help="results store (default flatplug-results.db; demo flatplug-demo.db)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch-size", type=int, help="default: from free GPU memory (128 on the CPU); halved on OOM")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "tf32", "bf16"),
+                   help="precision of clean accuracy and attacks on CUDA (second-order measures stay fp32)")
     p.add_argument("--executor", default="local", help="local (default) or a registered executor such as ray")
     p.add_argument("--address", help="cluster address for --executor ray (auto, ray://host:port)")
     p.add_argument("--report", default="flatplug-report", help="report folder (default ./flatplug-report)")

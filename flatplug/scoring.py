@@ -12,6 +12,7 @@ from __future__ import annotations
 import platform
 import time
 import traceback
+import warnings
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -22,6 +23,7 @@ from torch import nn
 
 from . import __version__, plugins
 from ._progress import progress
+from ._resources import exact_precision, forward_precision, free_cuda_memory, is_oom, prefer_channels_last, suggest_batch_size
 from .attacks import pgd
 from .store import Store
 from .types import LoadedModel
@@ -103,7 +105,8 @@ class Job:
     measures: dict[str, dict[str, Any]]
     attack: dict[str, Any]
     device: str
-    batch_size: int = 128
+    batch_size: int | None = None
+    precision: str = "fp32"
 
     @property
     def model_name(self) -> str:
@@ -142,13 +145,24 @@ def resolve_device(device: str | torch.device | None) -> str:
 
 
 def make_attack(model: nn.Module, spec: dict[str, Any]) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """A registered attack (``factory(model, **params)``), else the core PGD for ``pgd``/``pgdl2``."""
+    """A registered attack (``factory(model, **params)``), else the core PGD for ``pgd``/``pgdl2``.
+
+    Attack settings use torchattacks' names (``eps``, ``alpha``, ``steps``, ``random_start``), so
+    the same spec runs on the torchattacks adapter's PGD and on the core fallback.
+    """
     name = spec["name"]
     params = {k: v for k, v in spec.items() if k != "name"}
     if name in plugins.list_plugins("attacks"):
         return plugins.get("attacks", name)(model, **params)
     if name in ("pgd", "pgdl2"):
         norm = "l2" if name == "pgdl2" else params.pop("norm", "linf")
+        if "alpha" in params:
+            params["step_size"] = params.pop("alpha")
+        if "random_start" in params:
+            params["random_init"] = params.pop("random_start")
+        unknown = set(params) - {"eps", "steps", "step_size", "random_init", "seed"}
+        if unknown:
+            raise ValueError(f"attack {name!r} (core PGD) takes eps, alpha, steps, random_start; got {sorted(unknown)}")
         return lambda x, y: pgd(model, x, y, norm=norm, **params)
     plugins.get("attacks", name)  # raises with the available names and the closest match
     raise AssertionError("unreachable")
@@ -178,63 +192,124 @@ def _dataset_tensors(job: Job) -> tuple[torch.Tensor, torch.Tensor]:
     return _DATA_CACHE[job.dataset.key]
 
 
+def _batches(x: torch.Tensor, y: torch.Tensor, size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [(x[i:i + size], y[i:i + size]) for i in range(0, len(y), size)]
+
+
+_SHAREABLE_RF = {"variant", "normalize_features"}
+
+
+class _ModelRun:
+    """One loaded model on its data: computes rows, sharing one forward pass where it can."""
+
+    def __init__(self, job: Job, model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int):
+        self.job, self.model, self.x, self.y, self.batch_size = job, model, x, y, batch_size
+        self._forward: tuple | None = None
+
+    @property
+    def batches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return _batches(self.x, self.y, self.batch_size)
+
+    def forward(self):
+        """``(linear name, linear, phi, logits)`` from one full-precision pass (None, None, None, logits
+        when the model does not end in a Linear layer)."""
+        if self._forward is None:
+            from .measures.relative_flatness import features_and_logits, find_layer
+
+            with exact_precision():
+                try:
+                    name, linear = find_layer(self.model, None)
+                    phi, logits, _ = features_and_logits(self.model, self.batches, linear)
+                    self._forward = (name, linear, phi, logits)
+                except (ValueError, TypeError):
+                    with torch.no_grad():
+                        logits = torch.cat([self.model(x) for x, _ in self.batches])
+                    self._forward = (None, None, None, logits)
+        return self._forward
+
+    def compute(self, kind: str, name: str, params: dict[str, Any]) -> tuple[float, dict[str, Any], Any]:
+        details: dict[str, Any] = {"n": int(len(self.y)), "batch_size": self.batch_size}
+        if kind == "accuracy":
+            logits = self.forward()[3]
+            return float((logits.argmax(1) == self.y).float().mean()), details, None
+        if kind == "attack":
+            attack = make_attack(self.model, {"name": name, **params})
+            correct = 0
+            with forward_precision(self.job.device, self.job.precision):
+                for x, y in self.batches:
+                    adv = attack(x, y)
+                    with torch.no_grad():
+                        correct += int((self.model(adv).argmax(1) == y).sum())
+            details["precision"] = self.job.precision
+            return correct / len(self.y), details, None
+        if name == "relative_flatness" and set(params) <= _SHAREABLE_RF and self.forward()[1] is not None:
+            from .measures.relative_flatness import from_features
+
+            layer_name, linear, phi, _ = self.forward()
+            result = from_features(phi, self.y, linear, layer_name=layer_name, **params)
+            details["shared_forward"] = True
+        else:
+            from .api import measure
+
+            with exact_precision():
+                result = measure(name, self.model, self.batches, quiet=True, **params)
+        details.update(result.details)
+        return result.value, details, result.per_sample
+
+
 def run_job(job: Job, sink: Callable[[Row], None], *, done: Callable[[dict], bool] = lambda key: False,
             quiet: bool = True) -> None:
-    """Score one model, calling ``sink(row)`` as each result exists; skip keys for which ``done(key)``."""
+    """Score one model, calling ``sink(row)`` as each result exists; skip keys for which ``done(key)``.
+
+    Clean accuracy and the default relative flatness share one forward pass. A CUDA
+    out-of-memory error halves the batch size and retries the row (down to batch 1).
+    """
     todo = [(kind, name, params) for kind, name, params in job.planned() if not done(job.key(kind, name, params))]
     if not todo:
         return
     common = dict(device=job.device, versions=versions())
 
-    def fail(stage: str, exc: BaseException) -> None:
+    def failure(kind: str, name: str, params: dict, exc: BaseException, seconds: float | None) -> Row:
         detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-        sink({**job.key("failure", stage, {}), "value": None, "details": {"stage": stage},
-              "seconds": None, "status": "failed", "error": detail, **common})
+        return {**job.key(kind, name, params), "value": None, "details": {"stage": kind}, "seconds": seconds,
+                "status": "failed", "error": detail, **common}
 
     try:
         start = time.perf_counter()
         loaded = job.model if isinstance(job.model, LoadedModel) else job.model.load(job.device)
-        model = loaded.module.to(job.device).eval()
+        model = prefer_channels_last(loaded.module.to(job.device).eval(), job.device)
         x_all, y_all = _dataset_tensors(job)
         x_all, y_all = x_all.to(job.device), y_all.to(job.device)
         _check_input_shape(loaded, x_all)
+        batch_size = job.batch_size or suggest_batch_size(model, x_all, job.device)
         load_seconds = time.perf_counter() - start
     except Exception as exc:  # recorded, and the run goes on
-        fail("load", exc)
+        sink(failure("failure", "load", {}, exc, None))
         return
-    batches = [(x_all[i:i + job.batch_size], y_all[i:i + job.batch_size]) for i in range(0, len(y_all), job.batch_size)]
+    run = _ModelRun(job, model, x_all, y_all, batch_size)
     for kind, name, params in progress(todo, desc=f"{job.model_name}", quiet=quiet):
         start = time.perf_counter()
         try:
-            details: dict[str, Any] = {"n": int(len(y_all))}
-            per_sample = None
+            while True:
+                try:
+                    value, details, per_sample = run.compute(kind, name, params)
+                    break
+                except Exception as exc:
+                    if not is_oom(exc) or run.batch_size == 1:
+                        raise
+                    run.batch_size //= 2
+                    run._forward = None
+                    free_cuda_memory(job.device)
+                    warnings.warn(f"{job.model_name}: out of memory in {kind} {name!r}; retrying with batch size "
+                                  f"{run.batch_size}", RuntimeWarning, stacklevel=2)
             if kind == "accuracy":
-                with torch.no_grad():
-                    correct = sum(int((model(x).argmax(1) == y).sum()) for x, y in batches)
-                value = correct / len(y_all)
                 details["load_seconds"] = load_seconds
-            elif kind == "attack":
-                attack = make_attack(model, {"name": name, **params})
-                correct = 0
-                for x, y in batches:
-                    adv = attack(x, y)
-                    with torch.no_grad():
-                        correct += int((model(adv).argmax(1) == y).sum())
-                value = correct / len(y_all)
-            else:
-                from .api import measure
-
-                result = measure(name, model, batches, quiet=True, **params)
-                value, per_sample = result.value, result.per_sample
-                details.update(result.details)
             if per_sample is not None:
                 details["per_sample_mean"] = float(per_sample.float().mean())
             sink({**job.key(kind, name, params), "value": value, "details": details,
                   "seconds": time.perf_counter() - start, "status": "ok", "error": None, **common})
         except Exception as exc:
-            detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-            sink({**job.key(kind, name, params), "value": None, "details": {"stage": kind},
-                  "seconds": time.perf_counter() - start, "status": "failed", "error": detail, **common})
+            sink(failure(kind, name, params, exc, time.perf_counter() - start))
 
 
 class LocalExecutor:
@@ -296,7 +371,8 @@ def score(
     store: str | Path | Store = "flatplug-results.db",
     executor: str = "local",
     device: str | None = None,
-    batch_size: int = 128,
+    batch_size: int | None = None,
+    precision: str = "fp32",
     quiet: bool = False,
     **executor_options: Any,
 ):
@@ -308,7 +384,12 @@ def score(
     ``attack``: a name or ``{"name": ..., "eps": ..., ...}`` (default PGD-10 at 8/255); a
     registered attack (e.g. from the torchattacks adapter) is used when present, else the
     core PGD. ``executor``: ``"local"`` or any registered executor (``"ray"``).
+    ``batch_size``: None picks one from free GPU memory (128 on the CPU); an out-of-memory
+    error halves it. ``precision``: ``"fp32"``, ``"tf32"`` or ``"bf16"`` for clean accuracy and
+    attacks on CUDA; second-order measures always run in full precision.
     """
+    if precision not in ("fp32", "tf32", "bf16"):
+        raise ValueError(f"precision: expected fp32, tf32 or bf16, got {precision!r}")
     models = list(models)
     if not models:
         raise ValueError("models: nothing to score; pass at least one model")
@@ -324,7 +405,7 @@ def score(
     for source in {m.source for m in models if isinstance(m, ModelSpec)}:
         plugins.get("sources", source)
     dev = resolve_device(device)
-    jobs = [Job(m, dataset, chosen, attack_spec, dev, batch_size) for m in models]
+    jobs = [Job(m, dataset, chosen, attack_spec, dev, batch_size, precision) for m in models]
     own = not isinstance(store, Store)
     db = Store(store) if own else store
     try:

@@ -94,7 +94,13 @@ def exact_from_hessian(
     return float(weight.pow(2).sum() * block_traces.trace())
 
 
-def _features(model: nn.Module, batches: Batches, layer: nn.Linear, quiet: bool):
+def features_and_logits(model: nn.Module, data, layer: nn.Linear, *, quiet: bool = True):
+    """One forward pass over ``data`` capturing the inputs of ``layer`` (the features phi).
+
+    Returns ``(phi [N, d], logits [N, K], y [N])``. Checks that ``layer`` produces the logits,
+    the condition under which the closed form is the Hessian of the model's loss.
+    """
+    batches = data if isinstance(data, Batches) else Batches(data)
     device, dtype = model_device_dtype(model)
     captured: dict[str, torch.Tensor] = {}
 
@@ -102,7 +108,7 @@ def _features(model: nn.Module, batches: Batches, layer: nn.Linear, quiet: bool)
         captured["phi"], captured["out"] = inputs[0], output
 
     handle = layer.register_forward_hook(hook)
-    phis, ys = [], []
+    phis, all_logits, ys = [], [], []
     try:
         with torch.no_grad():
             for x, y in progress(batches.to(device, dtype), desc="relative flatness", quiet=quiet):
@@ -118,10 +124,59 @@ def _features(model: nn.Module, batches: Batches, layer: nn.Linear, quiet: bool)
                         "for the layer that produces the logits (pass that layer, or a model ending in it)"
                     )
                 phis.append(phi.detach())
+                all_logits.append(logits.detach())
                 ys.append(y)
     finally:
         handle.remove()
-    return torch.cat(phis), torch.cat(ys)
+    return torch.cat(phis), torch.cat(all_logits), torch.cat(ys)
+
+
+def from_features(
+    phi: torch.Tensor,
+    y: torch.Tensor,
+    linear: nn.Linear,
+    *,
+    layer_name: str,
+    variant: str = "pairwise",
+    normalize_features: bool = False,
+    exact: bool = False,
+) -> Measurement:
+    """The measure from captured features (shared by the measure and by scoring's single forward pass)."""
+    check_choice(variant, "variant", VARIANTS)
+    start = time.perf_counter()
+    weight = linear.weight.detach().to(phi.dtype)
+    bias = None if linear.bias is None else linear.bias.detach().to(phi.dtype)
+    if normalize_features:
+        std = phi.std(0, unbiased=False)
+        std = torch.where(std > 0, std, torch.ones_like(std))
+        phi, weight = phi / std, weight * std
+    if exact:
+        with torch.enable_grad():
+            value = exact_from_hessian(phi, weight, bias, y, variant=variant)
+        per_sample = None
+    else:
+        per_sample = closed_form(phi, weight, bias, variant=variant)
+        value = float(per_sample.mean())
+    p = torch.softmax(F.linear(phi, weight, bias), 1)
+    details = {
+        "variant": variant,
+        "layer": layer_name,
+        "normalize_features": normalize_features,
+        "exact": exact,
+        "num_samples": int(phi.shape[0]),
+        "feature_dim": int(phi.shape[1]),
+        "classes": int(weight.shape[0]),
+        "weight_norm_sq": float(weight.pow(2).sum()),
+        "mean_feature_norm_sq": float(phi.pow(2).sum(1).mean()),
+        "mean_hessian_trace": float(((1 - p.pow(2).sum(1)) * phi.pow(2).sum(1)).mean()),
+    }
+    return Measurement(
+        name="relative_flatness",
+        value=value,
+        per_sample=None if per_sample is None else per_sample.detach().cpu(),
+        details=details,
+        seconds=time.perf_counter() - start,
+    )
 
 
 def relative_flatness(
@@ -143,40 +198,9 @@ def relative_flatness(
     check_choice(variant, "variant", VARIANTS)
     start = time.perf_counter()
     name, linear = find_layer(model, layer)
-    batches = Batches(data)
     with preserved(model):
-        phi, y = _features(model, batches, linear, quiet)
-        weight = linear.weight.detach()
-        bias = None if linear.bias is None else linear.bias.detach()
-        std = None
-        if normalize_features:
-            std = phi.std(0, unbiased=False)
-            std = torch.where(std > 0, std, torch.ones_like(std))
-            phi, weight = phi / std, weight * std
-        if exact:
-            with torch.enable_grad():
-                value = exact_from_hessian(phi, weight, bias, y, variant=variant)
-            per_sample = None
-        else:
-            per_sample = closed_form(phi, weight, bias, variant=variant)
-            value = float(per_sample.mean())
-    p = torch.softmax(F.linear(phi, weight, bias), 1)
-    details = {
-        "variant": variant,
-        "layer": name,
-        "normalize_features": normalize_features,
-        "exact": exact,
-        "num_samples": int(phi.shape[0]),
-        "feature_dim": int(phi.shape[1]),
-        "classes": int(weight.shape[0]),
-        "weight_norm_sq": float(weight.pow(2).sum()),
-        "mean_feature_norm_sq": float(phi.pow(2).sum(1).mean()),
-        "mean_hessian_trace": float(((1 - p.pow(2).sum(1)) * phi.pow(2).sum(1)).mean()),
-    }
-    return Measurement(
-        name="relative_flatness",
-        value=value,
-        per_sample=None if per_sample is None else per_sample.detach().cpu(),
-        details=details,
-        seconds=time.perf_counter() - start,
-    )
+        phi, _, y = features_and_logits(model, data, linear, quiet=quiet)
+        result = from_features(phi, y, linear, layer_name=name, variant=variant,
+                               normalize_features=normalize_features, exact=exact)
+    result.seconds = time.perf_counter() - start
+    return result
