@@ -22,6 +22,7 @@ import numpy as np
 
 from ._stats import Correlation, correlations
 from .store import Store, canonical_params
+from .trajectory_plot import plot_trajectory  # noqa: F401  (attack trajectories, torchattacks adapter)
 
 ID_COLUMNS = ("model", "source", "dataset")
 CLEAN = "clean_accuracy"

@@ -153,7 +153,11 @@ def make_attack(model: nn.Module, spec: dict[str, Any]) -> Callable[[torch.Tenso
     name = spec["name"]
     params = {k: v for k, v in spec.items() if k != "name"}
     if name in plugins.list_plugins("attacks"):
-        return plugins.get("attacks", name)(model, **params)
+        factory = plugins.get("attacks", name)
+        accepted = getattr(factory, "parameters", None)
+        if accepted is not None and "eps" not in accepted:
+            params.pop("eps", None)  # an unbounded attack (cw, deepfool): eps does not apply
+        return factory(model, **params)
     if name in ("pgd", "pgdl2"):
         norm = "l2" if name == "pgdl2" else params.pop("norm", "linf")
         if "alpha" in params:
@@ -234,6 +238,7 @@ class _ModelRun:
             return float((logits.argmax(1) == self.y).float().mean()), details, None
         if kind == "attack":
             attack = make_attack(self.model, {"name": name, **params})
+            torch.manual_seed(0)  # attacks that draw from the global RNG (torchattacks) are repeatable
             correct = 0
             with forward_precision(self.job.device, self.job.precision):
                 for x, y in self.batches:
@@ -351,7 +356,9 @@ def _attack_arg(attack: Any) -> dict[str, Any]:
     if attack is None:
         return dict(DEFAULT_ATTACK)
     if isinstance(attack, str):
-        spec = {**DEFAULT_ATTACK, "name": attack}
+        spec = {"name": attack, "eps": DEFAULT_ATTACK["eps"]}
+        if attack in ("pgd", "pgdl2"):
+            spec["steps"] = DEFAULT_ATTACK["steps"]
     else:
         spec = dict(attack)
         spec.setdefault("name", "pgd")

@@ -1,0 +1,17 @@
+"""The flatplug plugin (entry point ``torchattacks`` in group ``flatplug``): registers the attacks.
+
+torchattacks is imported only when the attack registry is first asked for, so loading flatplug's
+plugins for measures or sources does not pay for it.
+"""
+
+from __future__ import annotations
+
+from flatplug import hookimpl
+
+
+@hookimpl
+def flatplug_register_attacks(register):
+    from .catalog import attack_factories
+
+    for name, factory in attack_factories().items():
+        register(name, factory)
