@@ -105,7 +105,9 @@ def _cmd_score(args: argparse.Namespace) -> int:
     store = args.store or ("flatplug-demo.db" if demo else "flatplug-results.db")
     specs = [ModelSpec.of(args.source, name, **options) for name in names]
     spec = DatasetSpec(dataset, args.data, args.n, args.seed)
-    executor_options = {"address": args.address} if args.address else {}
+    executor_options = {k: _value(v) for k, v in (kv.split("=", 1) for kv in args.executor_option)}
+    if args.address:
+        executor_options["address"] = args.address
     frame = score(specs, spec, measures=measures, attack=attack, store=store, executor=args.executor,
                   device=args.device, batch_size=args.batch_size, precision=args.precision, quiet=args.quiet,
                   **executor_options)
@@ -199,6 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="precision of clean accuracy and attacks on CUDA (second-order measures stay fp32)")
     p.add_argument("--executor", default="local", help="local (default) or a registered executor such as ray")
     p.add_argument("--address", help="cluster address for --executor ray (auto, ray://host:port)")
+    p.add_argument("--executor-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="executor option, e.g. num_gpus_per_task=0.5 or max_retries=3 for ray (repeatable)")
     p.add_argument("--report", default="flatplug-report", help="report folder (default ./flatplug-report)")
     p.add_argument("--no-report", action="store_true", help="do not write the HTML report")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -9,6 +9,7 @@ or score is recorded as a failure and the run goes on.
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 import time
 import traceback
@@ -104,7 +105,7 @@ class Job:
     dataset: DatasetSpec | tuple[str, torch.Tensor, torch.Tensor]
     measures: dict[str, dict[str, Any]]
     attack: dict[str, Any]
-    device: str
+    device: str | None
     batch_size: int | None = None
     precision: str = "fp32"
 
@@ -272,6 +273,8 @@ def run_job(job: Job, sink: Callable[[Row], None], *, done: Callable[[dict], boo
     todo = [(kind, name, params) for kind, name, params in job.planned() if not done(job.key(kind, name, params))]
     if not todo:
         return
+    if job.device is None:
+        job = dataclasses.replace(job, device=resolve_device(None))
     common = dict(device=job.device, versions=versions())
 
     def failure(kind: str, name: str, params: dict, exc: BaseException, seconds: float | None) -> Row:
@@ -407,11 +410,12 @@ def score(
             dataset = ("custom", dataset[0], dataset[1])
         name, x, y = dataset
         dataset = (name, x, y)
-    if isinstance(dataset, DatasetSpec):
+    if isinstance(dataset, DatasetSpec) and dataset.key not in _DATA_CACHE:
         _DATA_CACHE[dataset.key] = dataset.load()  # bad paths or n fail here, before any work
     for source in {m.source for m in models if isinstance(m, ModelSpec)}:
         plugins.get("sources", source)
-    dev = resolve_device(device)
+    # a remote executor picks the device where the task runs (a CPU-only head can drive GPU workers)
+    dev = resolve_device(device) if executor == "local" else (None if device is None else str(device))
     jobs = [Job(m, dataset, chosen, attack_spec, dev, batch_size, precision) for m in models]
     own = not isinstance(store, Store)
     db = Store(store) if own else store
