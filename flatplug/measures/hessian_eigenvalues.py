@@ -38,12 +38,15 @@ def hessian_eigenvalues(
     seed: int = 0,
     loss_fn: LossFn | None = None,
     quiet: bool = False,
+    criterion: str = "residual",
 ) -> Measurement:
     """The ``k`` extreme eigenvalues of the Hessian of the mean loss over ``data`` w.r.t. ``params``.
 
     ``which``: "largest" (algebraic, the default), "smallest" (most negative curvature) or
     "magnitude" (largest ``|lambda|``). Lanczos stops when every one of the ``k`` Ritz pairs has
-    residual ``||H v - theta v|| <= tol * |theta|`` or after ``max_iter`` Hessian-vector products.
+    residual ``||H v - theta v|| <= tol * |theta|`` or after ``max_iter`` Hessian-vector products;
+    ``criterion="change"`` stops instead when the values change by at most ``tol`` (relative)
+    between steps, PyHessian's rule: fewer products, no error bound.
     ``value`` is the first eigenvalue in that order; ``details["eigenvalues"]`` lists all ``k``;
     with ``return_eigenvectors`` the unit eigenvectors are in ``artifacts["eigenvectors"]``
     (``[k, dim]``) and ``artifacts["eigenvectors_by_param"]`` (one ``{name: tensor}`` per vector).
@@ -77,6 +80,7 @@ def hessian_eigenvalues(
             restart=True,
             return_eigenvectors=return_eigenvectors,
             callback=lambda i: bar.update(1),
+            criterion=criterion,
         )
         bar.close()
         loss = op.loss()
@@ -98,6 +102,7 @@ def hessian_eigenvalues(
         "iterations": res.iterations,
         "converged": res.converged,
         "stop_reason": res.stop_reason,
+        "criterion": criterion,
         "restarts": res.restarts,
         "hvp_count": hvps,
         "num_params": dim,
