@@ -63,3 +63,14 @@ def mlp() -> nn.Sequential:
 @pytest.fixture
 def batch() -> tuple[torch.Tensor, torch.Tensor]:
     return tiny_batch()
+
+
+class ThreeDOutput(nn.Module):
+    """A tiny MLP whose output has an extra axis: not the ``[N, classes]`` logits measures need."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = tiny_mlp()
+
+    def forward(self, x):
+        return self.net(x)[:, None, :]

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import dense_hessian, tiny_batch, tiny_mlp
+from conftest import ThreeDOutput, dense_hessian, tiny_batch, tiny_mlp
 from flatplug.measures import hessian_density
 
 
@@ -110,15 +110,6 @@ def test_deterministic_given_seed():
     assert a.details["nodes"] == b.details["nodes"] and a.value == b.value
 
 
-class ThreeD(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.net = tiny_mlp()
-
-    def forward(self, x):
-        return self.net(x)[:, None, :]
-
-
 @pytest.mark.parametrize(
     "kwargs, match",
     [
@@ -138,7 +129,7 @@ def test_bad_data_and_model():
     with pytest.raises(ValueError, match="no batches"):
         hessian_density(tiny_mlp(), [], quiet=True)
     with pytest.raises(ValueError, match=r"logits of shape \[N, classes\]"):
-        hessian_density(ThreeD(), tiny_batch(), quiet=True)
+        hessian_density(ThreeDOutput(), tiny_batch(), quiet=True)
 
 
 def test_model_left_unchanged():

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import dense_hessian, tiny_batch, tiny_mlp
+from conftest import ThreeDOutput, dense_hessian, tiny_batch, tiny_mlp
 from flatplug.measures import hessian_eigenvalues
 
 # With tol=1e-7 every Ritz value lies within 1e-7 * |theta| of an eigenvalue (residual bound),
@@ -131,15 +131,6 @@ def test_max_iter_caps_the_products():
     assert m.details["eigenvalues"][0] <= float(ev[-1]) * (1 + 1e-12)
 
 
-class ThreeD(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.net = tiny_mlp()
-
-    def forward(self, x):
-        return self.net(x)[:, None, :]
-
-
 @pytest.mark.parametrize(
     "kwargs, match",
     [
@@ -163,7 +154,7 @@ def test_bad_data_and_model():
     with pytest.raises(ValueError, match="no batches"):
         hessian_eigenvalues(tiny_mlp(), [], quiet=True)
     with pytest.raises(ValueError, match=r"logits of shape \[N, classes\]"):
-        hessian_eigenvalues(ThreeD(), tiny_batch(), quiet=True)
+        hessian_eigenvalues(ThreeDOutput(), tiny_batch(), quiet=True)
 
 
 def snapshot(model: nn.Module) -> dict:

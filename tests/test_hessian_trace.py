@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import dense_hessian, tiny_batch, tiny_mlp
+from conftest import ThreeDOutput, dense_hessian, tiny_batch, tiny_mlp
 from flatplug.measures import hessian_trace
 
 
@@ -101,15 +101,6 @@ def test_deterministic_given_seed():
     assert a.value == b.value
 
 
-class ThreeD(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.net = tiny_mlp()
-
-    def forward(self, x):
-        return self.net(x)[:, None, :]
-
-
 @pytest.mark.parametrize(
     "kwargs, match",
     [
@@ -130,7 +121,7 @@ def test_bad_data_and_model():
     with pytest.raises(ValueError, match="no batches"):
         hessian_trace(tiny_mlp(), [], quiet=True)
     with pytest.raises(ValueError, match=r"logits of shape \[N, classes\]"):
-        hessian_trace(ThreeD(), tiny_batch(), quiet=True)
+        hessian_trace(ThreeDOutput(), tiny_batch(), quiet=True)
 
 
 @pytest.mark.parametrize("method", ["hutchinson", "hutch++"])

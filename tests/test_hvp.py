@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import dense_hessian, tiny_batch, tiny_mlp
+from conftest import ThreeDOutput, dense_hessian, tiny_batch, tiny_mlp
 from flatplug._state import preserved
 from flatplug.hvp import HessianOperator
 from flatplug.lanczos import lanczos, tridiagonal_quadrature
@@ -184,15 +184,7 @@ def test_bad_inputs():
         with pytest.raises(ValueError, match="params"):
             HessianOperator(model, (x, y), params="nope")
 
-    class ThreeD(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.net = tiny_mlp()
-
-        def forward(self, x):
-            return self.net(x)[:, None, :]
-
-    bad = ThreeD()
+    bad = ThreeDOutput()
     with preserved(bad):
         with pytest.raises(ValueError, match=r"logits of shape \[N, classes\]"):
             HessianOperator(bad, (x, y)).matvec(torch.ones(39, dtype=torch.float64))
