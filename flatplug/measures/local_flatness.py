@@ -29,6 +29,8 @@ from .._loss import LossFn, per_sample_loss, resolve_loss
 from .._progress import progress
 from .._state import preserved
 from .._validation import check_choice, check_inputs, check_labels, check_logits
+from ..attacks import ascent_step, project
+from ..attacks import random_start as random_start_point
 from ..types import Batch, Measurement
 
 NORMS = ("l2", "linf")
@@ -67,14 +69,7 @@ def _per_sample_norm(t: torch.Tensor, order: float) -> torch.Tensor:
 
 def _project(xp: torch.Tensor, x: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
     """Project onto the ``eps``-ball around ``x``, then clip to [0, 1] (which stays in the ball)."""
-    delta = xp - x
-    if norm == "linf":
-        delta = delta.clamp(-eps, eps)
-    else:
-        size = _per_sample_norm(delta, 2.0)
-        factor = torch.where(size > eps, eps / size.clamp_min(torch.finfo(size.dtype).tiny), torch.ones_like(size))
-        delta = delta * factor.view(-1, *([1] * (delta.dim() - 1)))
-    return (x + delta).clamp(0.0, 1.0)
+    return (x + project(xp - x, eps, norm)).clamp(0.0, 1.0)
 
 
 def _grad_norm(model, xp, y, loss_fn, q, create_graph):
@@ -106,14 +101,7 @@ def _ascent(model, x, y, *, eps, norm, q, steps, step_size, random_start, genera
 
     xp = x
     if random_start and eps > 0:
-        device = generator.device if generator is not None else x.device
-        if norm == "linf":
-            r = 2.0 * torch.rand(x.shape, generator=generator, dtype=x.dtype, device=device) - 1.0
-        else:
-            r = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=device)
-            r = r / _per_sample_norm(r, 2.0).clamp_min(torch.finfo(x.dtype).tiny).view(view)
-            r = r * torch.rand(x.shape[0], generator=generator, dtype=x.dtype, device=device).view(view)
-        xp = _project(x + START_FRACTION * eps * r.to(x.device), x, eps, norm)
+        xp = _project(x + random_start_point(x, START_FRACTION * eps, norm, generator), x, eps, norm)
     if eps == 0:
         return best_x, best, at_x.detach()
     for k in range(steps + 1):
@@ -128,12 +116,7 @@ def _ascent(model, x, y, *, eps, norm, q, steps, step_size, random_start, genera
                 (direction,) = torch.autograd.grad(norms.sum(), xp_req, allow_unused=True)
         if direction is None:  # the gradient norm is constant in x': no ascent direction
             break
-        if norm == "linf":
-            move = torch.sign(direction)
-        else:
-            size = _per_sample_norm(direction, 2.0).clamp_min(torch.finfo(direction.dtype).tiny)
-            move = direction / size.view(view)
-        xp = _project(xp + step * move.detach(), x, eps, norm)
+        xp = _project(xp + ascent_step(direction.detach(), step, norm), x, eps, norm)
     return best_x, best, at_x.detach()
 
 
