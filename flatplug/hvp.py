@@ -123,19 +123,25 @@ class HessianOperator:
         )
         return [torch.zeros_like(p) if h is None else h for h, p in zip(out, self.params)]
 
-    def _build_cache(self) -> None:
-        """First-order graph of the mean loss over all batches, kept for repeated products."""
+    def _summed_grads(self, create_graph: bool) -> tuple[list[torch.Tensor], float, int]:
+        """Gradients of the per-batch loss sums added over all batches, the loss sum and the sample count."""
         total: list[torch.Tensor] | None = None
         loss_sum = 0.0
         count = 0
+        with torch.enable_grad():
+            for x, y in self._iter():
+                s = self._batch_loss_sum(x, y)
+                g = self._grads(s, create_graph=create_graph)
+                total = g if total is None else [a + b for a, b in zip(total, g)]
+                loss_sum += float(s.detach())
+                count += x.shape[0]
+        assert total is not None  # Batches raises on empty data
+        return total, loss_sum, count
+
+    def _build_cache(self) -> None:
+        """First-order graph of the mean loss over all batches, kept for repeated products."""
         try:
-            with torch.enable_grad():
-                for x, y in self._iter():
-                    s = self._batch_loss_sum(x, y)
-                    g = self._grads(s, create_graph=True)
-                    total = g if total is None else [a + b for a, b in zip(total, g)]
-                    loss_sum += float(s.detach())
-                    count += x.shape[0]
+            total, loss_sum, count = self._summed_grads(create_graph=True)
         except torch.OutOfMemoryError:
             total = None
             if self.device.type == "cuda":
@@ -148,7 +154,6 @@ class HessianOperator:
             )
             self._want_cache = False
             return
-        assert total is not None  # Batches raises on empty data
         self.num_samples = count
         self._cached = [g / count for g in total]
         self._loss = loss_sum / count
@@ -192,17 +197,7 @@ class HessianOperator:
             self._build_cache()
         if self._grad is not None:
             return
-        grad_acc: list[torch.Tensor] | None = None
-        loss_sum = 0.0
-        count = 0
-        with torch.enable_grad():
-            for x, y in self._iter():
-                s = self._batch_loss_sum(x, y)
-                g = self._grads(s, create_graph=False)
-                grad_acc = g if grad_acc is None else [a + b for a, b in zip(grad_acc, g)]
-                loss_sum += float(s.detach())
-                count += x.shape[0]
-        assert grad_acc is not None
+        grad_acc, loss_sum, count = self._summed_grads(create_graph=False)
         self.num_samples = count
         self._grad = self._flat(grad_acc) / count
         self._loss = loss_sum / count
