@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import difflib
 import time
+from contextlib import contextmanager
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -94,6 +96,55 @@ def exact_from_hessian(
     return float(weight.pow(2).sum() * block_traces.trace())
 
 
+class FeatureCapture:
+    """What a forward hook saw on the most recent call of a layer: its input ``phi`` and its output."""
+
+    def __init__(self, exact: bool = False) -> None:
+        self.phi: torch.Tensor | None = None
+        self.out: torch.Tensor | None = None
+        self.exact = exact
+
+    def take(self, logits: torch.Tensor) -> torch.Tensor:
+        """The features of the call that produced ``logits``, checked to be that layer's input, then forgotten.
+
+        The layer must produce the logits (equal, or with ``exact=False`` equal up to float noise):
+        the condition under which the closed form is the Hessian of the model's loss.
+        """
+        phi, out = self.phi, self.out
+        self.phi = self.out = None
+        if phi is None:
+            raise ValueError("layer: the chosen layer was not called in the model's forward pass")
+        if phi.dim() != 2:
+            raise ValueError(f"layer: expected the layer's input to be [N, features], got shape {tuple(phi.shape)}")
+        if out is None or out.shape != logits.shape:
+            same = False
+        elif self.exact:
+            same = torch.equal(out.detach(), logits.detach())
+        else:
+            same = torch.allclose(out, logits, rtol=1e-5, atol=1e-6)
+        if not same:
+            raise ValueError(
+                "layer: the chosen layer's output is not the model's logits; relative flatness is defined "
+                "for the layer that produces the logits (pass that layer, or a model ending in it)"
+            )
+        return phi
+
+
+@contextmanager
+def capture_features(layer: nn.Linear, *, exact: bool = False) -> Iterator[FeatureCapture]:
+    """Record ``layer``'s input and output on every call inside the block; the hook is removed after."""
+    box = FeatureCapture(exact)
+
+    def hook(_module, inputs, output):
+        box.phi, box.out = inputs[0], output
+
+    handle = layer.register_forward_hook(hook)
+    try:
+        yield box
+    finally:
+        handle.remove()
+
+
 def features_and_logits(model: nn.Module, data, layer: nn.Linear, *, quiet: bool = True):
     """One forward pass over ``data`` capturing the inputs of ``layer`` (the features phi).
 
@@ -102,32 +153,13 @@ def features_and_logits(model: nn.Module, data, layer: nn.Linear, *, quiet: bool
     """
     batches = data if isinstance(data, Batches) else Batches(data)
     device, dtype = model_device_dtype(model)
-    captured: dict[str, torch.Tensor] = {}
-
-    def hook(_module, inputs, output):
-        captured["phi"], captured["out"] = inputs[0], output
-
-    handle = layer.register_forward_hook(hook)
     phis, all_logits, ys = [], [], []
-    try:
-        with torch.no_grad():
-            for x, y in progress(batches.to(device, dtype), desc="relative flatness", quiet=quiet):
-                logits = check_logits(model(x), y)
-                if "phi" not in captured:
-                    raise ValueError("layer: the chosen layer was not called in the model's forward pass")
-                phi, out = captured.pop("phi"), captured.pop("out")
-                if phi.dim() != 2:
-                    raise ValueError(f"layer: expected the layer's input to be [N, features], got shape {tuple(phi.shape)}")
-                if out.shape != logits.shape or not torch.allclose(out, logits, rtol=1e-5, atol=1e-6):
-                    raise ValueError(
-                        "layer: the chosen layer's output is not the model's logits; relative flatness is defined "
-                        "for the layer that produces the logits (pass that layer, or a model ending in it)"
-                    )
-                phis.append(phi.detach())
-                all_logits.append(logits.detach())
-                ys.append(y)
-    finally:
-        handle.remove()
+    with capture_features(layer) as box, torch.no_grad():
+        for x, y in progress(batches.to(device, dtype), desc="relative flatness", quiet=quiet):
+            logits = check_logits(model(x), y)
+            phis.append(box.take(logits).detach())
+            all_logits.append(logits.detach())
+            ys.append(y)
     return torch.cat(phis), torch.cat(all_logits), torch.cat(ys)
 
 

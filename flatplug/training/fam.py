@@ -10,22 +10,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._validation import check_positive
-from ..measures.relative_flatness import VARIANTS, closed_form, find_layer
-from .._validation import check_choice
+from .._validation import check_choice, check_positive
+from ..measures.relative_flatness import VARIANTS, capture_features, closed_form, find_layer
 from .base import StepResult, TrainingMethod
 
 
 def fam_objective(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, layer=None, variant: str = "pairwise"):
     """``(cross_entropy, mean relative flatness, logits)`` from one forward pass, all differentiable."""
     _, linear = find_layer(model, layer)
-    captured = {}
-    handle = linear.register_forward_hook(lambda m, i, o: captured.__setitem__("phi", i[0]))
-    try:
+    with capture_features(linear) as box:
         logits = model(x)
-    finally:
-        handle.remove()
-    reg = closed_form(captured["phi"].flatten(1), linear.weight, linear.bias, variant=variant).mean()
+    reg = closed_form(box.phi.flatten(1), linear.weight, linear.bias, variant=variant).mean()
     return F.cross_entropy(logits, y), reg, logits
 
 

@@ -8,51 +8,16 @@ per-sample relative flatness (Petzka et al. 2021) with gradients flowing back to
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Iterator
-
 import torch
 from torch import nn
 
-from flatplug.measures.relative_flatness import closed_form, find_layer
+from flatplug.measures.relative_flatness import capture_features, closed_form, find_layer
 
 
-class Captured:
-    """What the hook saw in the most recent call of the layer: its input ``phi`` and output."""
-
-    def __init__(self) -> None:
-        self.phi: torch.Tensor | None = None
-        self.out: torch.Tensor | None = None
-
-    def take(self, logits: torch.Tensor) -> torch.Tensor:
-        """The features of the call that produced ``logits`` (checked), then forget them."""
-        phi, out = self.phi, self.out
-        self.phi = self.out = None
-        if phi is None:
-            raise ValueError("layer: the chosen layer was not called in the model's forward pass")
-        if phi.dim() != 2:
-            raise ValueError(f"layer: expected the layer's input to be [N, features], got shape {tuple(phi.shape)}")
-        if out is None or out.shape != logits.shape or not torch.equal(out.detach(), logits.detach()):
-            raise ValueError(
-                "layer: the chosen layer's output is not the model's logits; relative flatness is defined for the "
-                "layer that produces the logits (pass that layer, or a model ending in it)"
-            )
-        return phi
-
-
-@contextmanager
-def capture(layer: nn.Linear) -> Iterator[Captured]:
-    """Record ``layer``'s input and output on every call while inside the block (hook removed after)."""
-    box = Captured()
-
-    def hook(_module, inputs, output):
-        box.phi, box.out = inputs[0], output
-
-    handle = layer.register_forward_hook(hook)
-    try:
-        yield box
-    finally:
-        handle.remove()
+def capture(layer: nn.Linear):
+    """Record ``layer``'s input and output while inside the block (the core's hook, exact logits check):
+    ``box.take(logits)`` gives the features of the call that produced ``logits``."""
+    return capture_features(layer, exact=True)
 
 
 def penultimate(model: nn.Module, layer: str | nn.Module | None) -> nn.Linear:
