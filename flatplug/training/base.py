@@ -55,3 +55,14 @@ def perturbed(params: Sequence[torch.Tensor], deltas: Sequence[torch.Tensor]) ->
         with torch.no_grad():
             for p, s in zip(params, saved):
                 p.copy_(s)
+
+
+@contextmanager
+def evaluating(model: nn.Module) -> Iterator[nn.Module]:
+    """The model in eval mode inside the block (attacks, inner maximisation); its mode restored after."""
+    was = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was)

@@ -15,7 +15,7 @@ from torch import nn
 from .._validation import check_choice, check_positive
 from ..attacks import NORMS
 from ..measures.local_flatness import max_gradient_norm_point
-from .base import StepResult, TrainingMethod
+from .base import StepResult, TrainingMethod, evaluating
 from .pgd_at import adversarial_examples
 
 
@@ -44,13 +44,9 @@ class LFR(TrainingMethod):
         self.adversarial, self.pgd_steps, self.attack = adversarial, pgd_steps, attack
 
     def step(self, model, x, y, optimizer):
-        was = model.training
-        model.eval()
-        try:
+        with evaluating(model):
             x_lf, _ = max_gradient_norm_point(model, x, y, eps=self.eps, norm=self.norm, q=self.q,
                                               steps=self.steps, step_size=self.step_size)
-        finally:
-            model.train(was)
         x_adv = None
         if self.adversarial:
             x_adv = adversarial_examples(model, x, y, eps=self.eps, norm=self.norm, steps=self.pgd_steps,

@@ -14,7 +14,7 @@ from .. import plugins
 from .._data import Batches, model_device_dtype
 from .._progress import progress
 from .._validation import check_logits
-from .base import TrainingMethod
+from .base import TrainingMethod, evaluating
 
 
 @dataclass
@@ -106,11 +106,8 @@ def train(
         start, total, correct, loss_sum = time.perf_counter(), 0, 0, 0.0
         for x, y in progress(batches.to(dev, dtype), desc=f"epoch {epoch + 1}/{epochs}", quiet=quiet):
             if not checked:
-                was = model.training
-                model.eval()
-                with torch.no_grad():
+                with evaluating(model), torch.no_grad():
                     check_logits(model(x[:2]), y[:2])
-                model.train(was)
                 checked = True
             model.train()
             ctx = torch.autocast("cuda", dtype=torch.bfloat16) if amp else contextlib.nullcontext()

@@ -6,19 +6,15 @@ import torch.nn.functional as F
 
 from .._validation import check_choice, check_positive
 from ..attacks import NORMS, pgd
-from .base import StepResult, TrainingMethod
+from .base import StepResult, TrainingMethod, evaluating
 
 
 def adversarial_examples(model, x, y, *, eps, norm, steps, step_size, random_start, attack=None):
     """PGD (or a user ``attack(x, y)``) generated in eval mode; the model's mode is restored."""
-    was = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         if attack is not None:
             return attack(x, y).detach()
         return pgd(model, x, y, eps=eps, norm=norm, steps=steps, step_size=step_size, random_init=random_start, seed=None)
-    finally:
-        model.train(was)
 
 
 class PGDAT(TrainingMethod):
