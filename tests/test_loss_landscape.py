@@ -9,16 +9,7 @@ from torch import nn
 from torch.func import functional_call
 
 from flatplug.measures import loss_landscape
-from conftest import tiny_batch, tiny_mlp
-
-
-class Quadratic(nn.Module):
-    def __init__(self, w: torch.Tensor):
-        super().__init__()
-        self.w = nn.Parameter(w.clone())
-
-    def forward(self, x):
-        return self.w.unsqueeze(0).expand(x.shape[0], -1) + 0.0 * x[:, :1]
+from conftest import Quadratic, tiny_batch, tiny_mlp
 
 
 class ConvNet(nn.Module):

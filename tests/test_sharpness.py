@@ -13,18 +13,7 @@ from torch import nn
 import flatplug as fp
 from flatplug.measures import sharpness
 
-from conftest import dense_hessian, tiny_batch, tiny_mlp
-
-
-class Quadratic(nn.Module):
-    """Logits are the parameter ``w`` repeated per sample; ``loss_fn`` turns them into a quadratic in ``w``."""
-
-    def __init__(self, w: torch.Tensor):
-        super().__init__()
-        self.w = nn.Parameter(w.clone())
-
-    def forward(self, x):
-        return self.w.unsqueeze(0).expand(x.shape[0], -1) + 0.0 * x[:, :1]
+from conftest import Quadratic, dense_hessian, tiny_batch, tiny_mlp
 
 
 def quadratic_loss(A: torch.Tensor, w0: torch.Tensor):
