@@ -111,9 +111,9 @@ def main() -> None:
                      f"max_iter={args.max_iter}")
 
     def run_flatplug(k: int, seed: int, tol: float = args.tol, max_iter: int = args.max_iter, which="largest",
-                     criterion: str = "residual"):
+                     stopping: str = "residual"):
         m = hessian_eigenvalues(model, (x, y), k=k, tol=tol, max_iter=max_iter, seed=seed, which=which, quiet=True,
-                                criterion=criterion)
+                                stopping=stopping)
         return sorted(m.details["eigenvalues"], reverse=True), m.details["hvp_count"], m.details
 
     def run_pyhessian(k: int, seed: int, tol: float):
@@ -145,10 +145,10 @@ def main() -> None:
     ph_tols = [args.tol] + ([args.tight_tol] if args.tight_tol else [])
     for i, k in enumerate(args.k):
         fp_name = f"flatplug k={k}"
-        fp_change = f"flatplug k={k} criterion=change"
+        fp_change = f"flatplug k={k} stopping=change"
         ph_names = {f"pyhessian k={k}" + ("" if t == args.tol else f" tol={t:g}"): t for t in ph_tols}
         methods = {fp_name: lambda r: run_flatplug(k, r),
-                   fp_change: lambda r: run_flatplug(k, r, criterion="change")}
+                   fp_change: lambda r: run_flatplug(k, r, stopping="change")}
         for name, t in ph_names.items():
             methods[name] = lambda r, t=t: run_pyhessian(k, r, t)
         # one untimed warm-up call of each, before the first k only (a k=10 PyHessian call is long on a CPU)

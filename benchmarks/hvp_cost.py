@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 import _common as C
-from flatplug._state import preserved
+from flatplug.ext import preserved
 from flatplug.hvp import HessianOperator
 
 GOAL = 3.0

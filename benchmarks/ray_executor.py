@@ -63,15 +63,14 @@ def main(argv=None) -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
 
-    from flatplug.scoring import DEFAULT_ATTACK, DEFAULT_MEASURES, DatasetSpec, Job, LocalExecutor, ModelSpec
+    from flatplug.scoring import DEFAULT_ATTACK, DatasetSpec, Job, LocalExecutor, ModelSpec, resolve_measures
     from flatplug.store import Store
     from flatplug_ray import RayExecutor
 
     names = [m.strip() for m in args.models.split(",") if m.strip()]
     specs = [ModelSpec.of("zoo", name, manifest=args.zoo) for name in names]
     data = DatasetSpec("imagefolder", str(Path(args.data) / "test.tar.gz"), n=args.n)
-    measures = {name: dict(params) for name, params in DEFAULT_MEASURES.items()}
-    measures["local_flatness"].update(eps=DEFAULT_ATTACK["eps"], norm="linf")  # as fp.score fills it in
+    measures = resolve_measures(None, DEFAULT_ATTACK)  # the default measures, filled in as fp.score does
     jobs = [Job(spec, data, measures, dict(DEFAULT_ATTACK), "cpu") for spec in specs]
     start = time.perf_counter()
     from flatplug.scoring import _DATA_CACHE

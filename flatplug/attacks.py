@@ -6,6 +6,8 @@ uses this one for robust accuracy and adversarial training when nothing else is 
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import nn
 
@@ -31,7 +33,7 @@ def ascent_step(grad: torch.Tensor, step: float, norm: str) -> torch.Tensor:
     return step * (grad.sign() if norm == "linf" else grad / _flat_norm(grad))
 
 
-def random_start(x: torch.Tensor, eps: float, norm: str, generator: torch.Generator | None = None) -> torch.Tensor:
+def random_start_delta(x: torch.Tensor, eps: float, norm: str, generator: torch.Generator | None = None) -> torch.Tensor:
     """A uniform point of the L-inf ball, or a random direction with uniform radius in the L2 ball."""
     if norm == "linf":
         u = torch.rand(x.shape, generator=generator, dtype=x.dtype, device="cpu").to(x.device)
@@ -50,7 +52,7 @@ def pgd(
     norm: str = "linf",
     steps: int = 10,
     step_size: float | None = None,
-    random_init: bool = True,
+    random_start: bool = True,
     seed: int | None = 0,
     loss_fn: LossFn | None = None,
 ) -> torch.Tensor:
@@ -69,7 +71,7 @@ def pgd(
     alpha = 2.5 * eps / steps if step_size is None else step_size
     gen = None if seed is None else torch.Generator().manual_seed(seed)
     x = x.detach()
-    delta = random_start(x, eps, norm, gen) if random_init and eps > 0 else torch.zeros_like(x)
+    delta = random_start_delta(x, eps, norm, gen) if random_start and eps > 0 else torch.zeros_like(x)
     delta = (x + delta).clamp(0, 1) - x
     for _ in range(steps):
         delta.requires_grad_(True)
@@ -82,17 +84,34 @@ def pgd(
     return (x + delta).detach()
 
 
-def robust_accuracy(model: nn.Module, data, *, eps: float, norm: str = "linf", steps: int = 10, **kw) -> float:
-    """Accuracy under :func:`pgd` over ``data`` (eval mode, restored afterwards)."""
+def correct_under(model: nn.Module, data, attack: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+                  ) -> torch.Tensor:
+    """Per sample, whether ``model`` classifies ``attack(x, y)`` (``x`` itself when ``attack`` is None) correctly.
+
+    The one accuracy loop of flatplug (scoring, examples and the ART trainers' validation use it):
+    the model runs in eval mode and is restored afterwards; ``data`` is ``(x, y)`` or batches of
+    images in [0, 1]. Returns a bool tensor ``[N]`` on the CPU, in the order of ``data``.
+    """
     from ._data import Batches, model_device_dtype
     from ._state import preserved
 
-    correct = total = 0
+    out = []
     device, dtype = model_device_dtype(model)
     with preserved(model):
         for x, y in Batches(data, unit_range=True).to(device, dtype):
-            adv = pgd(model, x, y, eps=eps, norm=norm, steps=steps, **kw)
+            if attack is not None:
+                x = attack(x, y).detach()
             with torch.no_grad():
-                correct += int((model(adv).argmax(1) == y).sum())
-            total += y.shape[0]
-    return correct / total
+                out.append((model(x).argmax(1) == y).cpu())
+    return torch.cat(out)
+
+
+def accuracy(model: nn.Module, data, attack: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+             ) -> float:
+    """Fraction of ``data`` classified correctly, clean (``attack=None``) or under ``attack(x, y) -> x_adv``."""
+    return float(correct_under(model, data, attack).float().mean())
+
+
+def robust_accuracy(model: nn.Module, data, *, eps: float, norm: str = "linf", steps: int = 10, **kw) -> float:
+    """Accuracy under :func:`pgd` over ``data`` (eval mode, restored afterwards)."""
+    return accuracy(model, data, lambda x, y: pgd(model, x, y, eps=eps, norm=norm, steps=steps, **kw))

@@ -13,8 +13,8 @@ from .hookspecs import hookimpl
 
 @hookimpl
 def flatplug_register_measures(register):
-    for name in measures.MEASURES:
-        register(name, measures.MEASURES[name])
+    for name, fn in measures.MEASURES.items():
+        register(name, fn, info=measures.INFOS[name])
 
 
 @hookimpl
@@ -22,7 +22,7 @@ def flatplug_register_trainers(register):
     from .training import METHODS
 
     for name, cls in METHODS.items():
-        register(name, cls)
+        register(name, cls, version=cls.version, paper=cls.paper)
 
 
 def zoo_source(manifest: str | Path):

@@ -66,16 +66,6 @@ def parse_measures(text: str | None):
     return out
 
 
-DEMO_MEASURES = {
-    "relative_flatness": {},
-    "hessian_eigenvalues": {"k": 1, "max_iter": 50},
-    "hessian_trace": {"probes": 30, "tol": 0.02},
-    "local_flatness": {"steps": 10},
-    "sharpness": {"rho": 0.05, "kind": "average", "samples": 20},
-    "loss_landscape": {"steps": 21, "span": 1.0},
-}
-
-
 def _cmd_score(args: argparse.Namespace) -> int:
     from .scoring import DatasetSpec, ModelSpec, parse_eps, score
 
@@ -101,7 +91,9 @@ def _cmd_score(args: argparse.Namespace) -> int:
     plugins.get("datasets", dataset)  # unknown names fail with the closest match
     eps = parse_eps(args.eps) if args.eps is not None else (0.1 if demo else 8 / 255)
     attack = {"name": args.attack, "eps": eps, "steps": args.steps}
-    measures = parse_measures(args.measures) or (DEMO_MEASURES if demo else None)
+    if demo:
+        from .sources.demo import SCORED_MEASURES
+    measures = parse_measures(args.measures) or (list(SCORED_MEASURES) if demo else None)
     store = args.store or ("flatplug-demo.db" if demo else "flatplug-results.db")
     specs = [ModelSpec.of(args.source, name, **options) for name in names]
     spec = DatasetSpec(dataset, args.data, args.n, args.seed)

@@ -106,7 +106,7 @@ def lanczos(
     return_eigenvectors: bool = False,
     breakdown_tol: float | None = None,
     callback: Callable[[int], None] | None = None,
-    criterion: str = "residual",
+    stopping: str = "residual",
 ) -> LanczosResult:
     """Lanczos with full reorthogonalisation on the symmetric operator ``matvec`` of size ``dim``.
 
@@ -119,12 +119,12 @@ def lanczos(
     invariant subspace instead of restarting. The start vector is ``v0`` (normalised) or a
     Gaussian vector drawn from ``generator``. ``breakdown_tol`` (relative to the largest
     ``|alpha|``/``beta`` so far) defaults to ``100 * eps(dtype)``. ``callback(i)`` runs after
-    step ``i``. ``criterion="change"`` replaces the residual test by PyHessian's rule (the top
+    step ``i``. ``stopping="change"`` replaces the residual test by PyHessian's rule (the top
     ``k`` Ritz values changed by at most ``tol`` relative since the previous step): cheaper, but
     unlike the residual it does not bound the error.
     """
-    if criterion not in ("residual", "change"):
-        raise ValueError(f"criterion: expected 'residual' or 'change', got {criterion!r}")
+    if stopping not in ("residual", "change"):
+        raise ValueError(f"stopping: expected 'residual' or 'change', got {stopping!r}")
     if not isinstance(dim, int) or dim < 1:
         raise ValueError(f"dim: expected a positive integer, got {dim!r}")
     if k is not None and (not isinstance(k, int) or isinstance(k, bool) or k < 1 or k > dim):
@@ -164,7 +164,7 @@ def lanczos(
     theta = s = None
     restarts = 0
     prev_top: torch.Tensor | None = None  # top-k Ritz values before the latest restart
-    prev_step_top: torch.Tensor | None = None  # top-k Ritz values of the previous step (criterion="change")
+    prev_step_top: torch.Tensor | None = None  # top-k Ritz values of the previous step (stopping="change")
     converged = False
     j = 0
     while True:
@@ -203,7 +203,7 @@ def lanczos(
         if k is not None and j >= k:
             idx = _order(theta, which)[:k]
             bound = tol * torch.clamp(theta[idx].abs(), min=max(eps * scale, tiny))
-            if criterion == "residual":
+            if stopping == "residual":
                 ok = bool((res[idx] <= bound).all())
             else:
                 ok = prev_step_top is not None and bool(((theta[idx] - prev_step_top).abs() <= bound).all())

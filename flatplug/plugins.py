@@ -19,6 +19,8 @@ from typing import Any
 import pluggy
 
 from . import hookspecs
+from .errors import DuplicatePluginError, PluginWarning, UnknownPluginError
+from .registry import PluginInfo, make_info
 
 ENTRY_POINT_GROUP = "flatplug"
 KINDS = ("measures", "attacks", "trainers", "sources", "datasets", "executors")
@@ -26,30 +28,18 @@ KINDS = ("measures", "attacks", "trainers", "sources", "datasets", "executors")
 BUILTIN_PLUGINS = (("flatplug", "flatplug.builtin"),)
 
 
-class PluginWarning(UserWarning):
-    """A plugin could not be loaded; the others still work."""
-
-
-class DuplicatePluginError(ValueError):
-    """Two plugins registered the same name for the same kind."""
-
-
-class UnknownPluginError(LookupError):
-    """No registered object has the requested name."""
-
-    def __str__(self) -> str:  # LookupError would repr() the message
-        return str(self.args[0])
-
-
 @dataclass(frozen=True)
 class Registered:
-    """One registered object: its name, kind, the plugin that registered it and that plugin's version."""
+    """One registered object: its name, kind, the plugin that registered it, that plugin's version,
+    and what the plugin declared about it (``info``: a :class:`~flatplug.ext.MeasureInfo` for
+    measures, an :class:`~flatplug.ext.AttackInfo` for attacks, a ``PluginInfo`` otherwise)."""
 
     name: str
     kind: str
     obj: Any
     plugin: str
     version: str
+    info: PluginInfo = PluginInfo()
 
 
 def _version_of(module_name: str) -> str:
@@ -130,7 +120,8 @@ class Plugins:
             for impl in reversed(hook.get_hookimpls()):  # registration order
                 plugin = impl.plugin_name
 
-                def register(name: str, obj: Any, _plugin: str = plugin) -> None:
+                def register(name: str, obj: Any, _plugin: str = plugin, *, info: PluginInfo | None = None,
+                             **fields: Any) -> None:
                     if not isinstance(name, str) or not name:
                         raise ValueError(f"plugin {_plugin!r} registered a {kind[:-1]} with an invalid name {name!r}")
                     if name in table:
@@ -138,16 +129,21 @@ class Plugins:
                             f"{kind[:-1]} {name!r} is registered by two plugins: {table[name].plugin!r} and "
                             f"{_plugin!r}; uninstall one or disable it with FLATPLUG_DISABLE_PLUGINS={_plugin}"
                         )
-                    table[name] = Registered(name, kind, obj, _plugin, self.versions.get(_plugin, "unknown"))
+                    record = make_info(kind, _plugin, name, info, fields)
+                    table[name] = Registered(name, kind, obj, _plugin, self.versions.get(_plugin, "unknown"), record)
 
                 impl.function(register=register)
             self._registries[kind] = table
         return self._registries[kind]
 
     def get(self, kind: str, name: str) -> Any:
+        return self.record(kind, name).obj
+
+    def record(self, kind: str, name: str) -> Registered:
+        """The :class:`Registered` record of ``name``; unknown names list the available ones."""
         table = self.registry(kind)
         if name in table:
-            return table[name].obj
+            return table[name]
         close = difflib.get_close_matches(name, list(table), n=1, cutoff=0.5)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise UnknownPluginError(
@@ -180,6 +176,16 @@ def list_plugins(kind: str) -> list[str]:
 def get(kind: str, name: str) -> Any:
     """The object registered as ``name`` for ``kind``; unknown names list the available ones."""
     return get_plugins().get(kind, name)
+
+
+def record(kind: str, name: str) -> Registered:
+    """The :class:`Registered` record of ``name`` (object, plugin, version and declared ``info``)."""
+    return get_plugins().record(kind, name)
+
+
+def info(kind: str, name: str) -> PluginInfo:
+    """What the plugin declared about ``name`` (a :class:`~flatplug.ext.MeasureInfo` for a measure)."""
+    return get_plugins().record(kind, name).info
 
 
 def all_registered() -> list[Registered]:

@@ -25,22 +25,11 @@ from torch import nn
 from . import __version__, plugins
 from ._progress import progress
 from ._resources import exact_precision, forward_precision, free_cuda_memory, is_oom, prefer_channels_last, suggest_batch_size
-from .attacks import pgd
+from .attacks import correct_under, pgd
+from .registry import ForwardPass
 from .store import Store
 from .types import LoadedModel
 
-#: measures scored when none are named, with settings suited to a model zoo
-DEFAULT_MEASURES: dict[str, dict[str, Any]] = {
-    "relative_flatness": {},
-    "hessian_eigenvalues": {"k": 1, "max_iter": 50},
-    "hessian_trace": {"probes": 30, "tol": 0.02},
-    "local_flatness": {"steps": 10},
-}
-#: settings a measure needs when the caller gives none (eps follows the attack's eps)
-MEASURE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "sharpness": {"rho": 0.05, "kind": "average", "samples": 20},
-    "loss_landscape": {"steps": 21, "span": 1.0},
-}
 DEFAULT_ATTACK = {"name": "pgd", "eps": 8 / 255, "steps": 10}
 
 Row = dict[str, Any]
@@ -148,8 +137,9 @@ def resolve_device(device: str | torch.device | None) -> str:
 def make_attack(model: nn.Module, spec: dict[str, Any]) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """A registered attack (``factory(model, **params)``), else the core PGD for ``pgd``/``pgdl2``.
 
-    Attack settings use torchattacks' names (``eps``, ``alpha``, ``steps``, ``random_start``), so
-    the same spec runs on the torchattacks adapter's PGD and on the core fallback.
+    Settings use flatplug's one vocabulary (``eps``, ``norm``, ``steps``, ``step_size``,
+    ``random_start``); adapters translate at their boundary (torchattacks' ``alpha``), so the same
+    spec runs on the torchattacks adapter's PGD and on the core fallback.
     """
     name = spec["name"]
     params = {k: v for k, v in spec.items() if k != "name"}
@@ -158,16 +148,16 @@ def make_attack(model: nn.Module, spec: dict[str, Any]) -> Callable[[torch.Tenso
         accepted = getattr(factory, "parameters", None)
         if accepted is not None and "eps" not in accepted:
             params.pop("eps", None)  # an unbounded attack (cw, deepfool): eps does not apply
+        if (accepted is not None and {"eps", "steps", "step_size"} <= set(accepted) and "step_size" not in params
+                and "eps" in params and params.get("steps")):
+            params["step_size"] = 2.5 * float(params["eps"]) / int(params["steps"])  # the core PGD's rule
         return factory(model, **params)
     if name in ("pgd", "pgdl2"):
         norm = "l2" if name == "pgdl2" else params.pop("norm", "linf")
-        if "alpha" in params:
-            params["step_size"] = params.pop("alpha")
-        if "random_start" in params:
-            params["random_init"] = params.pop("random_start")
-        unknown = set(params) - {"eps", "steps", "step_size", "random_init", "seed"}
+        unknown = set(params) - {"eps", "steps", "step_size", "random_start", "seed"}
         if unknown:
-            raise ValueError(f"attack {name!r} (core PGD) takes eps, alpha, steps, random_start; got {sorted(unknown)}")
+            raise ValueError(f"attack {name!r} (core PGD) takes eps, norm, steps, step_size, random_start, seed; "
+                             f"got {sorted(unknown)}")
         return lambda x, y: pgd(model, x, y, norm=norm, **params)
     plugins.get("attacks", name)  # raises with the available names and the closest match
     raise AssertionError("unreachable")
@@ -201,9 +191,6 @@ def _batches(x: torch.Tensor, y: torch.Tensor, size: int) -> list[tuple[torch.Te
     return [(x[i:i + size], y[i:i + size]) for i in range(0, len(y), size)]
 
 
-_SHAREABLE_RF = {"variant", "normalize_features"}
-
-
 class _ModelRun:
     """One loaded model on its data: computes rows, sharing one forward pass where it can."""
 
@@ -215,44 +202,39 @@ class _ModelRun:
     def batches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         return _batches(self.x, self.y, self.batch_size)
 
-    def forward(self):
-        """``(linear name, linear, phi, logits)`` from one full-precision pass (None, None, None, logits
-        when the model does not end in a Linear layer)."""
+    def forward(self) -> ForwardPass:
+        """One full-precision pass: logits, and the features of the last ``nn.Linear`` when it produces them."""
         if self._forward is None:
-            from .measures.relative_flatness import features_and_logits, find_layer
+            from .features import features_and_logits, find_layer
 
             with exact_precision():
                 try:
                     name, linear = find_layer(self.model, None)
                     phi, logits, _ = features_and_logits(self.model, self.batches, linear)
-                    self._forward = (name, linear, phi, logits)
+                    self._forward = ForwardPass(logits, self.y, phi, linear, name)
                 except (ValueError, TypeError):
                     with torch.no_grad():
                         logits = torch.cat([self.model(x) for x, _ in self.batches])
-                    self._forward = (None, None, None, logits)
+                    self._forward = ForwardPass(logits, self.y)
         return self._forward
 
     def compute(self, kind: str, name: str, params: dict[str, Any]) -> tuple[float, dict[str, Any], Any]:
         details: dict[str, Any] = {"n": int(len(self.y)), "batch_size": self.batch_size}
         if kind == "accuracy":
-            logits = self.forward()[3]
+            logits = self.forward().logits
             return float((logits.argmax(1) == self.y).float().mean()), details, None
         if kind == "attack":
             attack = make_attack(self.model, {"name": name, **params})
             torch.manual_seed(0)  # attacks that draw from the global RNG (torchattacks) are repeatable
-            correct = 0
             with forward_precision(self.job.device, self.job.precision):
-                for x, y in self.batches:
-                    adv = attack(x, y)
-                    with torch.no_grad():
-                        correct += int((self.model(adv).argmax(1) == y).sum())
+                correct = correct_under(self.model, self.batches, attack)
             details["precision"] = self.job.precision
-            return correct / len(self.y), details, None
-        if name == "relative_flatness" and set(params) <= _SHAREABLE_RF and self.forward()[1] is not None:
-            from .measures.relative_flatness import from_features
-
-            layer_name, linear, phi, _ = self.forward()
-            result = from_features(phi, self.y, linear, layer_name=layer_name, **params)
+            return float(correct.float().mean()), details, None
+        info = plugins.info("measures", name)
+        if (info.from_forward is not None and set(params) <= info.forward_params
+                and self.forward().features is not None):
+            with exact_precision():
+                result = info.from_forward(self.forward(), **params)
             details["shared_forward"] = True
         else:
             from .api import measure
@@ -333,9 +315,23 @@ class LocalExecutor:
                     done=lambda key: store.has(**key), quiet=quiet)
 
 
-def _measures_arg(measures: Any, attack: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def default_measures() -> list[str]:
+    """The registered measures that declare ``default=True``: scored when none are named."""
+    return [n for n in plugins.list_plugins("measures") if getattr(plugins.info("measures", n), "default", False)]
+
+
+def threat_norm(attack: dict[str, Any]) -> str:
+    """The norm of the attack's ball: its ``norm`` setting, else ``l2`` for ``*l2`` attacks, else ``linf``."""
+    norm = attack.get("norm")
+    if isinstance(norm, str):
+        return {"linf": "linf", "l2": "l2"}.get(norm.lower(), norm.lower())
+    return "l2" if attack["name"].lower().endswith("l2") else "linf"
+
+
+def resolve_measures(measures: Any, attack: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """``{name: params}`` with each measure's declared zoo defaults and the attack settings it follows."""
     if measures is None:
-        chosen = {k: dict(v) for k, v in DEFAULT_MEASURES.items()}
+        chosen = {name: {} for name in default_measures()}
     elif isinstance(measures, dict):
         chosen = {k: dict(v or {}) for k, v in measures.items()}
     elif isinstance(measures, str):
@@ -345,17 +341,19 @@ def _measures_arg(measures: Any, attack: dict[str, Any]) -> dict[str, dict[str, 
         for item in measures:
             name, params = (item, {}) if isinstance(item, str) else (item[0], dict(item[1]))
             chosen[name] = params
+    follow = {"eps": attack.get("eps"), "norm": threat_norm(attack)}
     for name, params in chosen.items():
-        plugins.get("measures", name)  # unknown names fail before any work, with the closest match
-        for key, value in MEASURE_DEFAULTS.get(name, {}).items():
+        info = plugins.info("measures", name)  # unknown names fail before any work, with the closest match
+        for key, value in getattr(info, "zoo_defaults", {}).items():
             params.setdefault(key, value)
-        if name == "local_flatness":
-            params.setdefault("eps", attack.get("eps", 8 / 255))
-            params.setdefault("norm", "l2" if attack["name"].endswith("l2") else "linf")
+        for key in getattr(info, "follows_attack", ()):
+            value = attack.get(key, follow.get(key))
+            if value is not None:
+                params.setdefault(key, value)
     return chosen
 
 
-def _attack_arg(attack: Any) -> dict[str, Any]:
+def resolve_attack(attack: Any) -> dict[str, Any]:
     if attack is None:
         return dict(DEFAULT_ATTACK)
     if isinstance(attack, str):
@@ -390,7 +388,7 @@ def score(
 
     ``models``: :class:`ModelSpec` (loaded by the executor) or ready :class:`LoadedModel`
     objects. ``dataset``: a :class:`DatasetSpec`, or ``(x, y)`` / ``(name, x, y)`` tensors.
-    ``measures``: names, ``{name: params}``, or None for :data:`DEFAULT_MEASURES`.
+    ``measures``: names, ``{name: params}``, or None for :func:`default_measures`.
     ``attack``: a name or ``{"name": ..., "eps": ..., ...}`` (default PGD-10 at 8/255); a
     registered attack (e.g. from the torchattacks adapter) is used when present, else the
     core PGD. ``executor``: ``"local"`` or any registered executor (``"ray"``).
@@ -403,8 +401,8 @@ def score(
     models = list(models)
     if not models:
         raise ValueError("models: nothing to score; pass at least one model")
-    attack_spec = _attack_arg(attack)
-    chosen = _measures_arg(measures, attack_spec)
+    attack_spec = resolve_attack(attack)
+    chosen = resolve_measures(measures, attack_spec)
     if not isinstance(dataset, DatasetSpec):
         if len(dataset) == 2:
             dataset = ("custom", dataset[0], dataset[1])

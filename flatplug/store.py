@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
+from .errors import StoreError
+
 SCHEMA_VERSION = 1
 KINDS = ("accuracy", "attack", "measure", "failure")
 COLUMNS = ("model", "source", "dataset", "kind", "name", "params", "value", "details", "seconds", "device",
@@ -40,10 +42,6 @@ CREATE TABLE IF NOT EXISTS results (
     PRIMARY KEY (model, source, dataset, kind, name, params)
 )
 """
-
-
-class StoreError(RuntimeError):
-    """The store cannot be opened or written; the message says why and what to do."""
 
 
 def canonical_params(params: dict[str, Any] | None) -> str:

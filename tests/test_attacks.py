@@ -29,7 +29,7 @@ def test_pgd_finds_the_exact_worst_case_of_a_linear_model(norm):
         expected = x + eps * direction / direction.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
     # L-inf: the random start is pushed to the optimal corner; L2: start at x (a random start's
     # orthogonal part would only shrink geometrically)
-    adv = pgd(model, x, y, eps=eps, norm=norm, steps=20, random_init=norm == "linf")
+    adv = pgd(model, x, y, eps=eps, norm=norm, steps=20, random_start=norm == "linf")
     assert torch.allclose(adv, expected, atol=1e-6)
 
 

@@ -209,7 +209,7 @@ def test_walter_trajectory_is_pgd_and_flatness_is_closed_form(walter):
     c, rec = res["trajectory"]["summary"], res["trajectory"]["record"]
     x, y = res["trajectory"]["inputs"]
     model = ZooSource(shared_path("models", "zoo.json")).load(c["model"]).module.eval()
-    ref = pgd(model, x, y, eps=c["eps"], steps=c["steps"], step_size=c["step_size"], random_init=False)
+    ref = pgd(model, x, y, eps=c["eps"], steps=c["steps"], step_size=c["step_size"], random_start=False)
     assert torch.allclose(rec["final"], ref, atol=1e-6)
     last = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
     kappa, bound = relative_flatness_closed_form(model, last, x)

@@ -17,7 +17,7 @@ MEASURES = {
     "hessian_eigenvalues": {"k": 2, "max_iter": 30, "tol": 1e-6},
     "local_flatness": {"steps": 3, "random_start": False},
 }
-ATTACK = {"name": "pgd", "eps": 2 / 255, "steps": 3, "alpha": 1 / 255, "random_start": False}
+ATTACK = {"name": "pgd", "eps": 2 / 255, "steps": 3, "step_size": 1 / 255, "random_start": False}
 
 
 class OOMAbove(nn.Module):

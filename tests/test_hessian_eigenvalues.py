@@ -187,14 +187,14 @@ def test_model_left_unchanged(split):
     assert model.training
 
 
-def test_change_criterion_stops_earlier_and_stays_close():
+def test_change_stopping_stops_earlier_and_stays_close():
     """PyHessian's stopping rule: fewer products than the residual test, eigenvalues still near the dense ones."""
     net, (x, y) = tiny_mlp(d_in=6, hidden=8, classes=4, seed=3), tiny_batch(40, 6, 4, seed=4)
     dense = torch.linalg.eigvalsh(dense_hessian(net, x, y)).flip(0)
     strict = hessian_eigenvalues(net, (x, y), k=3, tol=1e-8, max_iter=200, quiet=True)
-    loose = hessian_eigenvalues(net, (x, y), k=3, tol=1e-3, max_iter=200, quiet=True, criterion="change")
-    assert loose.details["criterion"] == "change" and loose.details["hvp_count"] < strict.details["hvp_count"]
+    loose = hessian_eigenvalues(net, (x, y), k=3, tol=1e-3, max_iter=200, quiet=True, stopping="change")
+    assert loose.details["stopping"] == "change" and loose.details["hvp_count"] < strict.details["hvp_count"]
     for got, want in zip(loose.details["eigenvalues"], dense[:3].tolist()):
         assert got == pytest.approx(want, rel=2e-2)
-    with pytest.raises(ValueError, match="criterion"):
-        hessian_eigenvalues(net, (x, y), criterion="lazy")
+    with pytest.raises(ValueError, match="stopping"):
+        hessian_eigenvalues(net, (x, y), stopping="lazy")

@@ -53,7 +53,7 @@ def test_scores_six_real_models_and_robust_accuracy_matches_plain_pgd(tmp_path, 
         specs, DatasetSpec("imagefolder", str(cifar), n=200),
         measures={"relative_flatness": {}, "hessian_eigenvalues": {"k": 1, "max_iter": 20, "tol": 1e-2},
                   "local_flatness": {"steps": 3}},
-        attack={"name": "pgd", "eps": eps, "steps": steps, "alpha": 2.5 * eps / steps, "random_start": False},
+        attack={"name": "pgd", "eps": eps, "steps": steps, "step_size": 2.5 * eps / steps, "random_start": False},
         store=tmp_path / "r.db", device="cpu", quiet=True,
     )
     assert (frame["status"] == "ok").all(), frame[frame["status"] != "ok"]["error"].tolist()
@@ -79,7 +79,7 @@ def test_scores_six_real_models_and_robust_accuracy_matches_plain_pgd(tmp_path, 
     score(specs[:2], DatasetSpec("imagefolder", str(cifar), n=200),
           measures={"relative_flatness": {}, "hessian_eigenvalues": {"k": 1, "max_iter": 20, "tol": 1e-2},
                     "local_flatness": {"steps": 3}},
-          attack={"name": "pgd", "eps": eps, "steps": steps, "alpha": 2.5 * eps / steps, "random_start": False},
+          attack={"name": "pgd", "eps": eps, "steps": steps, "step_size": 2.5 * eps / steps, "random_start": False},
           store=tmp_path / "r.db", device="cpu", quiet=True)
     with Store(tmp_path / "r.db") as store:
         assert sorted(r["created"] for r in store.rows()) == created

@@ -7,6 +7,13 @@ helpers inside a family are imported from its module
 
 from __future__ import annotations
 
+from . import hessian_density as _hessian_density
+from . import hessian_eigenvalues as _hessian_eigenvalues
+from . import hessian_trace as _hessian_trace
+from . import local_flatness as _local_flatness
+from . import loss_landscape as _loss_landscape
+from . import relative_flatness as _relative_flatness
+from . import sharpness as _sharpness
 from .hessian_density import hessian_density
 from .hessian_eigenvalues import hessian_eigenvalues
 from .hessian_trace import hessian_trace
@@ -15,13 +22,11 @@ from .loss_landscape import loss_landscape
 from .relative_flatness import relative_flatness
 from .sharpness import sharpness
 
+_MODULES = (_relative_flatness, _hessian_eigenvalues, _hessian_trace, _hessian_density, _sharpness,
+            _loss_landscape, _local_flatness)
 #: every built-in measure, by its registered name
-MEASURES = {
-    fn.__name__: fn
-    for fn in (
-        relative_flatness, hessian_eigenvalues, hessian_trace, hessian_density, sharpness, loss_landscape,
-        local_flatness,
-    )
-}
+MEASURES = {fn.__name__: fn for fn in (getattr(m, m.__name__.rsplit(".", 1)[1]) for m in _MODULES)}
+#: what each built-in measure declares when it registers (version, zoo defaults, ...)
+INFOS = {m.__name__.rsplit(".", 1)[1]: m.INFO for m in _MODULES}
 
 __all__ = sorted(MEASURES)

@@ -25,6 +25,7 @@ from .._progress import progress
 from .._state import preserved
 from ..hvp import HessianOperator, check_int
 from ..lanczos import lanczos, tridiagonal_quadrature
+from ..registry import MeasureInfo
 from ..types import Measurement
 
 #: nodes below ``-NEGATIVE_TOL * max|theta|`` count as negative curvature (rounding makes
@@ -155,3 +156,9 @@ def hessian_density(
         details=details,
         seconds=time.perf_counter() - start,
     )
+
+
+INFO = MeasureInfo(
+    version="1",
+    paper="Ghorbani, Krishnan & Xiao 2019, https://arxiv.org/abs/1901.10159",
+)

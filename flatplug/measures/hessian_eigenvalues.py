@@ -20,6 +20,7 @@ from .._state import preserved
 from .._validation import check_choice
 from ..hvp import HessianOperator, check_int
 from ..lanczos import lanczos
+from ..registry import MeasureInfo
 from ..types import Measurement
 
 WHICH = ("largest", "smallest", "magnitude")
@@ -38,14 +39,14 @@ def hessian_eigenvalues(
     seed: int = 0,
     loss_fn: LossFn | None = None,
     quiet: bool = False,
-    criterion: str = "residual",
+    stopping: str = "residual",
 ) -> Measurement:
     """The ``k`` extreme eigenvalues of the Hessian of the mean loss over ``data`` w.r.t. ``params``.
 
     ``which``: "largest" (algebraic, the default), "smallest" (most negative curvature) or
     "magnitude" (largest ``|lambda|``). Lanczos stops when every one of the ``k`` Ritz pairs has
     residual ``||H v - theta v|| <= tol * |theta|`` or after ``max_iter`` Hessian-vector products;
-    ``criterion="change"`` stops instead when the values change by at most ``tol`` (relative)
+    ``stopping="change"`` stops instead when the values change by at most ``tol`` (relative)
     between steps, PyHessian's rule: fewer products, no error bound.
     ``value`` is the first eigenvalue in that order; ``details["eigenvalues"]`` lists all ``k``;
     with ``return_eigenvectors`` the unit eigenvectors are in ``artifacts["eigenvectors"]``
@@ -80,7 +81,7 @@ def hessian_eigenvalues(
             restart=True,
             return_eigenvectors=return_eigenvectors,
             callback=lambda i: bar.update(1),
-            criterion=criterion,
+            stopping=stopping,
         )
         bar.close()
         loss = op.loss()
@@ -102,7 +103,7 @@ def hessian_eigenvalues(
         "iterations": res.iterations,
         "converged": res.converged,
         "stop_reason": res.stop_reason,
-        "criterion": criterion,
+        "stopping": stopping,
         "restarts": res.restarts,
         "hvp_count": hvps,
         "num_params": dim,
@@ -122,3 +123,11 @@ def hessian_eigenvalues(
         seconds=time.perf_counter() - start,
         artifacts=artifacts,
     )
+
+
+INFO = MeasureInfo(
+    version="1",
+    paper="Yao et al. 2020 (PyHessian), https://arxiv.org/abs/1912.07145; Keskar et al. 2017",
+    default=True,
+    zoo_defaults={"k": 1, "max_iter": 50},
+)

@@ -22,6 +22,7 @@ from .._progress import progress
 from .._state import preserved
 from .._validation import check_choice
 from ..hvp import HessianOperator, check_int
+from ..registry import MeasureInfo
 from ..types import Measurement
 
 METHODS = ("hutchinson", "hutch++")
@@ -154,3 +155,11 @@ def hessian_trace(
         details=details,
         seconds=time.perf_counter() - start,
     )
+
+
+INFO = MeasureInfo(
+    version="1",
+    paper="Hutchinson 1989; Meyer et al. 2021 (Hutch++), https://arxiv.org/abs/2010.09649",
+    default=True,
+    zoo_defaults={"probes": 30, "tol": 0.02},
+)

@@ -30,7 +30,8 @@ from .._progress import progress
 from .._state import preserved
 from .._validation import check_choice, check_inputs, check_labels, check_logits
 from ..attacks import ascent_step, project
-from ..attacks import random_start as random_start_point
+from ..attacks import random_start_delta as random_start_point
+from ..registry import MeasureInfo
 from ..types import Batch, Measurement
 
 NORMS = ("l2", "linf")
@@ -207,3 +208,12 @@ def local_flatness(
         },
         seconds=time.perf_counter() - start,
     )
+
+
+INFO = MeasureInfo(
+    version="1",
+    paper="Xu et al. 2020, Adversarial Defense via Local Flatness Regularization, https://arxiv.org/abs/1910.12165",
+    default=True,
+    zoo_defaults={"steps": 10},
+    follows_attack=("eps", "norm"),
+)

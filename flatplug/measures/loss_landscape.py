@@ -33,6 +33,7 @@ from .._perturb import data_loss, random_like, set_weights
 from .._progress import progress
 from .._state import preserved
 from .._validation import check_choice, check_logits, check_positive
+from ..registry import MeasureInfo
 from ..types import Batch, Measurement
 
 NORMALIZATIONS = ("filter", "layer", "none")
@@ -208,3 +209,10 @@ def _input_grid(model, batches, loss_fn, alphas, betas, directions, direction, g
         for j in range(len(betas)):
             losses[i][j] = float(sums[i, j] / count)
             accs[i][j] = float(correct[i, j] / count)
+
+
+INFO = MeasureInfo(
+    version="1",
+    paper="Li et al. 2018, Visualizing the Loss Landscape of Neural Nets, https://arxiv.org/abs/1712.09913",
+    zoo_defaults={"steps": 21, "span": 1.0},
+)

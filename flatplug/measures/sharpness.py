@@ -35,6 +35,7 @@ from .._perturb import data_loss, global_norm, random_like, set_weights
 from .._progress import progress
 from .._state import preserved
 from .._validation import check_choice, check_positive
+from ..registry import MeasureInfo
 from ..types import Batch, Measurement
 
 KINDS = ("worst", "average")
@@ -177,3 +178,11 @@ def _average(model, batches, loss_fn, ps, base, scales, rho, norm, samples, gene
         var = sum((v - mean) ** 2 for v in losses) / (samples - 1)
         std_error = math.sqrt(var / samples)
     return mean, {"samples": samples, "std_error": std_error, "perturbed_losses": losses}
+
+
+INFO = MeasureInfo(
+    version="1",
+    paper="Andriushchenko et al. 2023, A Modern Look at the Relationship between Sharpness and Generalization, "
+          "https://arxiv.org/abs/2302.07011",
+    zoo_defaults={"rho": 0.05, "kind": "average", "samples": 20},
+)

@@ -31,6 +31,10 @@ RECIPES: dict[str, tuple[str, dict]] = {
     "awp": ("awp", {"eps": 0.1, "steps": 3, "gamma": 0.01}),
     "fam": ("fam", {"lam": 0.05}),
 }
+#: what ``flatplug score`` (the demo) measures: the default measures plus weight-space sharpness and
+#: landscapes, each with the settings it declares for zoos (see ``flatplug.ext.MeasureInfo``)
+SCORED_MEASURES = ("relative_flatness", "hessian_eigenvalues", "hessian_trace", "local_flatness", "sharpness",
+                   "loss_landscape")
 EPOCHS = 10
 BATCH = 64
 LR = 3e-3
@@ -54,8 +58,12 @@ def cache_dir() -> Path:
 
 
 def _key(name: str) -> str:
+    """The cache key of a demo model: its recipe and the implementation version of its training method."""
+    from .. import plugins
+
     method, params = RECIPES[name]
-    recipe = {"method": method, "params": params, "epochs": EPOCHS, "batch": BATCH, "lr": LR, "version": 1}
+    recipe = {"method": method, "params": params, "epochs": EPOCHS, "batch": BATCH, "lr": LR, "version": 1,
+              "method_version": plugins.info("trainers", method).version}
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
 
 

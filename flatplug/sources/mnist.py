@@ -10,15 +10,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import IDXError
 from .subset import LabeledImages, balanced_subset
 
 #: IDX type codes -> numpy dtype (big-endian, as the format stores them).
 IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 PREFIXES = {"test": "t10k", "train": "train"}
-
-
-class IDXError(ValueError):
-    """An IDX file is corrupt, truncated or not an IDX file."""
 
 
 def _read_bytes(path: Path) -> bytes:

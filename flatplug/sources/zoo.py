@@ -20,25 +20,11 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
+from ..errors import CheckpointError, ManifestError, UnknownModelError
 from ..types import LoadedModel
 
 REQUIRED_KEYS = ("file", "dataset", "input", "mean", "std", "layers")
 MANIFEST_NAME = "zoo.json"
-
-
-class ManifestError(ValueError):
-    """The manifest is not valid JSON, or an entry or layer list is malformed."""
-
-
-class CheckpointError(ValueError):
-    """A checkpoint cannot be read, or its tensors do not fit the manifest's architecture."""
-
-
-class UnknownModelError(LookupError):
-    """No model of that name in the manifest."""
-
-    def __str__(self) -> str:  # LookupError would repr() the message
-        return str(self.args[0])
 
 
 class Normalize(nn.Module):

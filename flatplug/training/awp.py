@@ -9,7 +9,6 @@ removed, and the optimizer steps.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from .._validation import check_positive
 from ._bn import frozen_bn_stats
@@ -29,7 +28,7 @@ class AWP(PGDAT):
         x_adv = self.adversarial(model, x, y)
         weights = [p for p in params_with_grad(model) if p.dim() > 1]
         with frozen_bn_stats(model):
-            ascent = F.cross_entropy(model(x_adv), y)
+            ascent = self.objective(model(x_adv), y)
         grads = torch.autograd.grad(ascent, weights, allow_unused=True)
         with torch.no_grad():
             deltas = [
@@ -39,7 +38,7 @@ class AWP(PGDAT):
         optimizer.zero_grad(set_to_none=True)
         with perturbed(weights, deltas):
             logits = model(x_adv)
-            loss = F.cross_entropy(logits, y)
+            loss = self.objective(logits, y)
             loss.backward()
         optimizer.step()
         return StepResult(float(loss.detach()), logits.detach())

@@ -9,6 +9,8 @@ from typing import Iterator, Sequence
 import torch
 from torch import nn
 
+from .._loss import LossFn, cross_entropy, per_sample_loss, resolve_loss
+
 
 @dataclass
 class StepResult:
@@ -18,6 +20,9 @@ class StepResult:
     logits: torch.Tensor
 
 
+REDUCTIONS = ("mean", "sum")
+
+
 class TrainingMethod:
     """One optimisation step of a training method.
 
@@ -25,17 +30,46 @@ class TrainingMethod:
     no weight perturbation behind and must call ``optimizer.zero_grad()`` itself. The loop
     puts the model in train mode before each step; methods that attack in eval mode restore it.
     ``needs_unit_inputs`` asks the loop to check images are in [0, 1] (methods that perturb inputs).
+
+    The loss trained is :meth:`objective`: ``loss_fn(logits, y)`` (per-sample losses, default
+    softmax cross-entropy) reduced by ``reduction`` (``"mean"`` or ``"sum"``, as torch losses do).
+    :meth:`set_loss` changes both, so a user's loss (e.g. ART's ``CrossEntropyLoss(reduction="sum")``)
+    is the loss every method trains, including the terms inside its regularisers.
     """
 
     name = "base"
+    #: implementation version (bump when the method's training changes: cached models retrain)
+    version = "1"
+    #: the reference the method implements
+    paper = ""
     needs_unit_inputs = False
+    loss_fn: LossFn = staticmethod(cross_entropy)  # type: ignore[assignment]
+    reduction: str = "mean"
 
     def step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer: torch.optim.Optimizer) -> StepResult:
         raise NotImplementedError
 
+    def set_loss(self, loss_fn: LossFn | None = None, reduction: str = "mean") -> "TrainingMethod":
+        """Train ``reduction``-reduced ``loss_fn(logits, y)`` (per-sample losses; None: cross-entropy)."""
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"reduction: expected 'mean' or 'sum', got {reduction!r}")
+        self.loss_fn = resolve_loss(loss_fn)
+        self.reduction = reduction
+        return self
+
+    def reduce(self, losses: torch.Tensor) -> torch.Tensor:
+        """Per-sample values reduced as the objective is (mean or sum over the batch)."""
+        return losses.sum() if self.reduction == "sum" else losses.mean()
+
+    def objective(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The loss trained on one batch: ``reduce(loss_fn(logits, y))``."""
+        return self.reduce(per_sample_loss(self.loss_fn, logits, y))
+
     def settings(self) -> dict:
-        """JSON-able hyper-parameters, recorded in the history."""
-        return {k: v for k, v in vars(self).items() if isinstance(v, (int, float, str, bool, type(None)))}
+        """JSON-able hyper-parameters, recorded in the history (and the objective's reduction)."""
+        out = {k: v for k, v in vars(self).items() if isinstance(v, (int, float, str, bool, type(None)))}
+        out.setdefault("reduction", self.reduction)
+        return out
 
 
 def params_with_grad(model: nn.Module) -> list[nn.Parameter]:

@@ -11,17 +11,25 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._validation import check_choice, check_positive
-from ..measures.relative_flatness import VARIANTS, capture_features, closed_form, find_layer
+from ..features import capture_features, find_layer
+from ..measures.relative_flatness import VARIANTS, closed_form
 from .base import StepResult, TrainingMethod
 
 
-def fam_objective(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, layer=None, variant: str = "pairwise"):
-    """``(cross_entropy, mean relative flatness, logits)`` from one forward pass, all differentiable."""
+def fam_objective(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, layer=None, variant: str = "pairwise",
+                  method: TrainingMethod | None = None):
+    """``(loss, relative flatness, logits)`` from one forward pass, all differentiable.
+
+    ``loss`` is ``method``'s objective (mean cross-entropy when None) and the relative flatness is
+    reduced the same way (mean, or sum for ``reduction="sum"``).
+    """
     _, linear = find_layer(model, layer)
     with capture_features(linear) as box:
         logits = model(x)
-    reg = closed_form(box.phi.flatten(1), linear.weight, linear.bias, variant=variant).mean()
-    return F.cross_entropy(logits, y), reg, logits
+    per_sample = closed_form(box.phi.flatten(1), linear.weight, linear.bias, variant=variant)
+    if method is None:
+        return F.cross_entropy(logits, y), per_sample.mean(), logits
+    return method.objective(logits, y), method.reduce(per_sample), logits
 
 
 class FAM(TrainingMethod):
@@ -34,7 +42,7 @@ class FAM(TrainingMethod):
 
     def step(self, model, x, y, optimizer):
         optimizer.zero_grad(set_to_none=True)
-        ce, reg, logits = fam_objective(model, x, y, layer=self.layer, variant=self.variant)
+        ce, reg, logits = fam_objective(model, x, y, layer=self.layer, variant=self.variant, method=self)
         loss = ce + self.lam * reg
         loss.backward()
         optimizer.step()

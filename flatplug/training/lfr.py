@@ -19,12 +19,19 @@ from .base import StepResult, TrainingMethod, evaluating
 from .pgd_at import adversarial_examples
 
 
-def lfr_regularizer(model: nn.Module, x_lf: torch.Tensor, y: torch.Tensor, *, q: float = 1) -> torch.Tensor:
-    """``mean_i ||grad_x l(x_i, y_i)||_q`` at the given points, differentiable w.r.t. the weights."""
+def lfr_regularizer(model: nn.Module, x_lf: torch.Tensor, y: torch.Tensor, *, q: float = 1,
+                    method: TrainingMethod | None = None) -> torch.Tensor:
+    """``mean_i ||grad_x l(x_i, y_i)||_q`` at the given points, differentiable w.r.t. the weights.
+
+    ``l`` is ``method.loss_fn`` (cross-entropy when None) and the per-sample norms are reduced as
+    ``method``'s objective is (mean by default, sum for ``reduction="sum"``).
+    """
     x_lf = x_lf.detach().requires_grad_(True)
-    losses = F.cross_entropy(model(x_lf), y, reduction="sum")
-    (g,) = torch.autograd.grad(losses, x_lf, create_graph=True)
-    return g.flatten(1).norm(p=q, dim=1).mean()
+    loss_fn = F.cross_entropy if method is None else method.loss_fn
+    losses = loss_fn(model(x_lf), y, reduction="none") if method is None else loss_fn(model(x_lf), y)
+    (g,) = torch.autograd.grad(losses.sum(), x_lf, create_graph=True)
+    norms = g.flatten(1).norm(p=q, dim=1)
+    return norms.mean() if method is None else method.reduce(norms)
 
 
 class LFR(TrainingMethod):
@@ -53,9 +60,9 @@ class LFR(TrainingMethod):
                                          step_size=None, random_start=True, attack=self.attack)
         optimizer.zero_grad(set_to_none=True)
         logits = model(x)
-        loss = F.cross_entropy(logits, y) + self.lam * lfr_regularizer(model, x_lf, y, q=self.q)
+        loss = self.objective(logits, y) + self.lam * lfr_regularizer(model, x_lf, y, q=self.q, method=self)
         if x_adv is not None:
-            loss = loss + F.cross_entropy(model(x_adv), y)
+            loss = loss + self.objective(model(x_adv), y)
         loss.backward()
         optimizer.step()
         return StepResult(float(loss.detach()), logits.detach())

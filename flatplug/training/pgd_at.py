@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import torch.nn.functional as F
-
 from .._validation import check_choice, check_positive
 from ..attacks import NORMS, pgd
 from .base import StepResult, TrainingMethod, evaluating
@@ -14,7 +12,7 @@ def adversarial_examples(model, x, y, *, eps, norm, steps, step_size, random_sta
     with evaluating(model):
         if attack is not None:
             return attack(x, y).detach()
-        return pgd(model, x, y, eps=eps, norm=norm, steps=steps, step_size=step_size, random_init=random_start, seed=None)
+        return pgd(model, x, y, eps=eps, norm=norm, steps=steps, step_size=step_size, random_start=random_start, seed=None)
 
 
 class PGDAT(TrainingMethod):
@@ -38,7 +36,7 @@ class PGDAT(TrainingMethod):
         x_adv = self.adversarial(model, x, y)
         optimizer.zero_grad(set_to_none=True)
         logits = model(x_adv)
-        loss = F.cross_entropy(logits, y)
+        loss = self.objective(logits, y)
         loss.backward()
         optimizer.step()
         return StepResult(float(loss.detach()), logits.detach())  # accuracy on the adversarial batch

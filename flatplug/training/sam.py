@@ -8,7 +8,6 @@ statistics not updated), then w is restored and the base optimizer steps with th
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from .._validation import check_positive
 from ._bn import frozen_bn_stats
@@ -35,13 +34,13 @@ class SAM(TrainingMethod):
     def step(self, model, x, y, optimizer):
         params = params_with_grad(model)
         logits = model(x)
-        loss = F.cross_entropy(logits, y)
+        loss = self.objective(logits, y)
         grads = torch.autograd.grad(loss, params, allow_unused=True)
         pairs = [(p, g) for p, g in zip(params, grads) if g is not None]
         e = self.perturbation([p for p, _ in pairs], [g for _, g in pairs])
         optimizer.zero_grad(set_to_none=True)
         with perturbed([p for p, _ in pairs], e), frozen_bn_stats(model):
-            F.cross_entropy(model(x), y).backward()
+            self.objective(model(x), y).backward()
         optimizer.step()
         return StepResult(float(loss.detach()), logits.detach())
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import torch.nn.functional as F
-
 from .base import StepResult, TrainingMethod
 
 
@@ -13,7 +11,7 @@ class Standard(TrainingMethod):
     def step(self, model, x, y, optimizer):
         optimizer.zero_grad(set_to_none=True)
         logits = model(x)
-        loss = F.cross_entropy(logits, y)
+        loss = self.objective(logits, y)
         loss.backward()
         optimizer.step()
         return StepResult(float(loss.detach()), logits.detach())

@@ -23,7 +23,7 @@ from torch import nn
 ray = pytest.importorskip("ray")
 
 from conftest import shared_path  # noqa: E402
-from flatplug.scoring import DatasetSpec, Job, ModelSpec, score  # noqa: E402
+from flatplug.scoring import DatasetSpec, Job, ModelSpec, resolve_measures, score  # noqa: E402
 from flatplug.store import Store, canonical_params  # noqa: E402
 from flatplug.types import LoadedModel  # noqa: E402
 from flatplug_ray import RayExecutor  # noqa: E402
@@ -122,13 +122,15 @@ def test_ray_rows_equal_local_rows(cluster, setup, reference, tmp_path):
 
 
 def _jobs(specs, data) -> list[Job]:
-    return [Job(spec, data, {k: dict(v) for k, v in MEASURES.items()}, dict(ATTACK), "cpu") for spec in specs]
+    measures = resolve_measures({k: dict(v) for k, v in MEASURES.items()}, dict(ATTACK))  # as fp.score does
+    return [Job(spec, data, measures, dict(ATTACK), "cpu") for spec in specs]
 
 
 def test_complete_jobs_are_not_submitted_and_partial_jobs_fill_only_their_gaps(cluster, setup, reference, tmp_path):
     specs, data = setup
     store_path = tmp_path / "partial.db"
-    missing = (MODELS[2], "zoo", data.key, "measure", "hessian_trace", canonical_params(MEASURES["hessian_trace"]))
+    trace_params = resolve_measures(MEASURES, ATTACK)["hessian_trace"]
+    missing = (MODELS[2], "zoo", data.key, "measure", "hessian_trace", canonical_params(trace_params))
     with Store(store_path) as db:  # every reference row but one
         for key, row in reference.items():
             if key != missing:

@@ -144,7 +144,7 @@ def test_parameters_pass_through_and_norm_spellings():
     net = model()
     apgd = fp.plugins.get("attacks", "apgd")(net, eps=4 / 255, norm="l2", steps=7)
     assert (apgd.eps, apgd.norm, apgd.steps) == (4 / 255, "L2", 7)
-    pgd = fp.plugins.get("attacks", "pgd")(net, eps=2 / 255, alpha=1 / 255, steps=4, norm="linf")
+    pgd = fp.plugins.get("attacks", "pgd")(net, eps=2 / 255, step_size=1 / 255, steps=4, norm="linf")
     assert (pgd.eps, pgd.alpha, pgd.steps) == (2 / 255, 1 / 255, 4)
     lf = fp.plugins.get("attacks", "local_flatness_pgd")(net, eps=0.5, norm="L2", q=2)
     assert (lf.eps, lf.norm, lf.q) == (0.5, "l2", 2)
@@ -156,7 +156,7 @@ def test_bad_parameters_are_clear_errors():
     net = model()
     with pytest.raises(ValueError, match="'pgd'.*fixed-norm.*linf.*'pgdl2' for L2"):
         attack_factories()["pgd"](net, norm="l2")
-    with pytest.raises(ValueError, match="takes no parameter 'stpes'.*accepts: eps, alpha, steps, random_start"):
+    with pytest.raises(ValueError, match="takes no parameter 'stpes'.*accepts: eps, step_size, steps, random_start"):
         attack_factories()["pgd"](net, stpes=3)
     with pytest.raises(ValueError, match="'cw'.*no parameter 'eps'.*no eps bound"):
         attack_factories()["cw"](net, eps=EPS)

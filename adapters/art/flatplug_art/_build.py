@@ -5,9 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from flatplug import plugins
-from flatplug._params import select_params
-from flatplug._validation import check_positive
-from flatplug.measures.relative_flatness import find_layer
+from flatplug.ext import check_positive, select_params
+from flatplug.features import find_layer
 from flatplug.training import TrainingMethod
 
 from ._space import INPUT_LENGTHS, InputSpace

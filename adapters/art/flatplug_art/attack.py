@@ -45,7 +45,7 @@ class CorePGD:
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return pgd(self.model, x, y, eps=self.eps, norm=self.norm, steps=self.steps, step_size=self.step_size,
-                   random_init=self.random_start, seed=None)
+                   random_start=self.random_start, seed=None)
 
 
 def inner_attack(attack, space: InputSpace, nb_classes: int):

@@ -20,7 +20,7 @@ import os
 import warnings
 from typing import Any, Iterator, Sequence
 
-from flatplug._progress import progress
+from flatplug.ext import progress
 from flatplug.scoring import Job, Row, run_job, versions
 from flatplug.store import Store, canonical_params
 

@@ -33,9 +33,6 @@ DEFAULT_DATA_DIR = "./data"
 class DatasetNotFoundError(FileNotFoundError):
     """The dataset's files are not in ``data_dir`` and cannot be downloaded now."""
 
-    def __str__(self) -> str:
-        return str(self.args[0])
-
 
 def _data_dir(path: str | os.PathLike | None) -> Path:
     return Path(path) if path not in (None, "") else Path(DEFAULT_DATA_DIR)

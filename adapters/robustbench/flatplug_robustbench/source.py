@@ -22,7 +22,7 @@ from urllib.parse import urlparse
 
 import torch
 
-from flatplug.sources import CheckpointError, UnknownModelError
+from flatplug.errors import CheckpointDownloadError, CheckpointError, CheckpointNotFoundError, UnknownModelError
 from flatplug.types import LoadedModel
 
 from . import leaderboard
@@ -36,20 +36,6 @@ GDRIVE_HOST = "drive.google.com"
 #: input sizes of RobustBench's ImageNet preprocessings (robustbench.data.PREPROCESSINGS)
 PREPROCESSING_SIZES = {"Res256Crop224": 224, "Crop288": 288, "Res224": 224, "BicubicRes256Crop224": 224}
 INPUT_SHAPES = {"cifar10": [3, 32, 32], "cifar100": [3, 32, 32]}
-
-
-class CheckpointNotFoundError(FileNotFoundError):
-    """A model's weights are not on disk and cannot be downloaded now."""
-
-    def __str__(self) -> str:  # FileNotFoundError would format (errno, strerror)
-        return str(self.args[0])
-
-
-class CheckpointDownloadError(OSError):
-    """A download was attempted and failed."""
-
-    def __str__(self) -> str:
-        return str(self.args[0])
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from flatplug._validation import check_inputs, check_labels
+from flatplug.ext import check_inputs, check_labels
 
 #: How far outside [0, 1] an inverse-normalised image may stray through rounding alone.
 NORMALIZED_TOLERANCE = 1e-5

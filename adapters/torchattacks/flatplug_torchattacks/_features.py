@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from flatplug.measures.relative_flatness import capture_features, closed_form, find_layer
+from flatplug.features import capture_features, find_layer
+from flatplug.measures.relative_flatness import closed_form
 
 
 def capture(layer: nn.Linear):

@@ -1,9 +1,11 @@
 """Every torchattacks attack by name: ``factory(model, **params) -> torchattacks.Attack``.
 
 Names are the lower-cased class names (``"pgd"``, ``"apgd"``, ``"autoattack"``, ...), plus this
-adapter's ``"local_flatness_pgd"`` and ``"flat_region"``. Parameters pass through to the
-constructor (``eps``, ``alpha``, ``steps``, ...); unknown ones are a clear error listing the
-accepted ones. ``norm`` may be spelt the flatplug way (``"linf"``, ``"l2"``) or the torchattacks
+adapter's ``"local_flatness_pgd"`` and ``"flat_region"``. Parameters use flatplug's vocabulary
+(``eps``, ``norm``, ``steps``, ``step_size``, ``random_start``) and pass through to the
+constructor; this is the boundary where ``step_size`` becomes torchattacks' ``alpha``.
+``factory.parameters`` lists the accepted names in flatplug's vocabulary; unknown ones are a
+clear error listing them. ``norm`` may be spelt the flatplug way (``"linf"``, ``"l2"``) or the torchattacks
 way (``"Linf"``, ``"L2"``); for an attack with a fixed norm it is checked and dropped, so the
 core can pass ``attack="pgd", eps=8/255, norm="linf"`` to any attack of that norm. ``eps`` is
 passed as ``max_epsilon`` to the attacks that call their radius so (PIFGSM, PIFGSMPP).
@@ -64,9 +66,18 @@ def validated_class(cls: type) -> type:
                                                         "__qualname__": cls.__name__})
 
 
+#: flatplug's name -> torchattacks' name (the one translation at this boundary)
+TO_TORCHATTACKS = {"step_size": "alpha"}
+FROM_TORCHATTACKS = {v: k for k, v in TO_TORCHATTACKS.items()}
+
+
 def _accepted(cls: type) -> list[str]:
     params = list(inspect.signature(cls.__init__).parameters.values())[2:]  # after self, model
     return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
+def _flatplug_names(accepted: list[str]) -> list[str]:
+    return [FROM_TORCHATTACKS.get(name, name) for name in accepted]
 
 
 def _resolve_norm(name: str, cls: type, params: dict[str, Any], accepted: list[str]) -> dict[str, Any]:
@@ -93,9 +104,16 @@ def _resolve_norm(name: str, cls: type, params: dict[str, Any], accepted: list[s
 def make_factory(name: str, cls: type, *, check_inputs: bool = True) -> Callable[..., Attack]:
     """``factory(model, **params)`` building ``cls`` (with input checks unless it checks itself)."""
     accepted = _accepted(cls)
+    vocabulary = _flatplug_names(accepted)
     built = validated_class(cls) if check_inputs else cls
 
     def factory(model, **params: Any) -> Attack:
+        for theirs, ours in FROM_TORCHATTACKS.items():
+            if theirs in params and theirs in accepted:
+                raise ValueError(f"attack {name!r}: pass {ours}= (flatplug's name for torchattacks' {theirs}); "
+                                 f"got {theirs}={params[theirs]!r}")
+        params = {TO_TORCHATTACKS.get(k, k) if TO_TORCHATTACKS.get(k) in accepted else k: v
+                  for k, v in params.items()}
         params = _resolve_norm(name, cls, params, accepted)
         if "eps" in params and "eps" not in accepted and "max_epsilon" in accepted:  # PIFGSM, PIFGSMPP
             if "max_epsilon" in params:
@@ -109,15 +127,15 @@ def make_factory(name: str, cls: type, *, check_inputs: bool = True) -> Callable
                         "robust accuracy at a given eps)")
             raise ValueError(
                 f"attack {name!r} ({cls.__name__}) takes no parameter {', '.join(map(repr, unknown))}{hint}; "
-                f"it accepts: {', '.join(accepted) or '(none)'}"
+                f"it accepts: {', '.join(vocabulary) or '(none)'}"
             )
         return built(model, **params)
 
     factory.__name__ = f"{name}_factory"
     factory.__qualname__ = factory.__name__
-    factory.__doc__ = f"Build torchattacks-style {cls.__name__}(model, **params); parameters: {', '.join(accepted)}."
+    factory.__doc__ = f"Build torchattacks-style {cls.__name__}(model, **params); parameters: {', '.join(vocabulary)}."
     factory.attack_class = cls  # type: ignore[attr-defined]
-    factory.parameters = tuple(accepted)  # type: ignore[attr-defined]
+    factory.parameters = tuple(vocabulary)  # type: ignore[attr-defined]
     return factory
 
 

@@ -25,7 +25,8 @@ import torch.nn.functional as F
 import torchattacks
 from torchattacks.attack import Attack
 
-from flatplug.measures.relative_flatness import VARIANTS, find_layer
+from flatplug.features import find_layer
+from flatplug.measures.relative_flatness import VARIANTS
 
 from ._checks import validate
 from ._features import capture, flatness

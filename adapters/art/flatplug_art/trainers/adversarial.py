@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from flatplug._validation import check_choice
+from flatplug.ext import check_choice
 from flatplug.training import AWP, LFR, PGDAT
 
 from .._build import check_lengths, resolve_layer

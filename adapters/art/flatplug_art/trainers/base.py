@@ -15,8 +15,7 @@ import numpy as np
 import torch
 from art.defences.trainer.trainer import Trainer
 
-from flatplug._data import model_device_dtype
-from flatplug._state import preserved
+from flatplug.ext import model_device_dtype, preserved
 from flatplug.sources import to_loader
 from flatplug.training import History, TrainingMethod, train
 
