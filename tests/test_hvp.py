@@ -269,3 +269,111 @@ def test_lanczos_bad_inputs():
         lanczos(mv, 4, v0=torch.zeros(4, dtype=torch.float64))
     with pytest.raises(FloatingPointError):
         lanczos(lambda v: v * float("nan"), 4)
+
+
+# ----------------------------------------------------------------------------- forward-over-reverse
+
+
+def conv_bn_net() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """A conv + BatchNorm + pooling net with non-trivial running statistics, left in train mode."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 2, 3, padding=1), nn.BatchNorm2d(2), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(8, 3)
+    ).double()
+    with torch.no_grad():
+        model[1].running_mean.uniform_(-0.5, 0.5)
+        model[1].running_var.uniform_(0.5, 2.0)
+    model.train()
+    g = torch.Generator().manual_seed(2)
+    return model, torch.rand(6, 1, 4, 4, generator=g, dtype=torch.float64), torch.randint(0, 3, (6,), generator=g)
+
+
+@pytest.mark.parametrize("split", [False, True])
+@pytest.mark.parametrize("params", [None, "2"])
+def test_forward_over_reverse_matches_dense_hessian(split, params):
+    """torch.func's jvp-of-grad path gives the dense Hessian's products (guards a wrong tangent,
+    a missing 1/N or a batch counted twice), on all parameters and on a subset."""
+    model, (x, y) = tiny_mlp(), tiny_batch()
+    names = None if params is None else ["2.weight", "2.bias"]
+    dense = dense_hessian(model, x, y, names)
+    data = three_batches(x, y) if split else (x, y)
+    g = torch.Generator().manual_seed(5)
+    with preserved(model):
+        op = HessianOperator(model, data, params=params, hvp="forward-over-reverse")
+        ref = HessianOperator(model, data, params=params, hvp="double-backward")
+        for _ in range(3):
+            v = torch.randn(op.dim, generator=g, dtype=torch.float64)
+            hv = op.matvec(v)
+            assert close(hv, dense @ v, float(dense.abs().max() * v.abs().max()) * op.dim)
+            assert close(hv, ref.matvec(v), float(dense.abs().max() * v.abs().max()) * op.dim)
+        assert op.hvp == "forward-over-reverse" and op.hvp_count == 3
+        # the gradient and loss recorded on the way are the mean over all samples
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        grads = torch.autograd.grad(loss, [p for p in model.parameters() if p.requires_grad])
+        assert abs(op.loss() - float(loss.detach())) <= 1e-12
+        assert torch.allclose(op.gradient(), torch.cat([t.reshape(-1) for t in grads]), rtol=0, atol=1e-12)
+
+
+def test_forward_over_reverse_on_batchnorm_in_eval_mode():
+    """BatchNorm in eval mode uses its running statistics under functional_call too (guards the
+    batch statistics leaking in), and the model's buffers and mode are left as they were."""
+    model, x, y = conv_bn_net()
+    dense = dense_hessian(model, x, y)  # evaluates in eval mode
+    buffers = [b.clone() for b in model.buffers()]
+    v = torch.randn(dense.shape[0], generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    with preserved(model):
+        op = HessianOperator(model, [(x[:4], y[:4]), (x[4:], y[4:])], hvp="forward-over-reverse")
+        assert close(op.matvec(v), dense @ v, float(dense.abs().max() * v.abs().max()) * op.dim)
+        assert op.hvp == "forward-over-reverse"
+    assert model.training and all(torch.equal(a, b) for a, b in zip(buffers, model.buffers()))
+
+
+def test_forward_over_reverse_falls_back_to_double_backward():
+    """A forward torch.func cannot transform (BatchNorm updating its statistics in train mode)
+    falls back to the double backward with a warning, and the product is still the Hessian's
+    (the train-mode Hessian, with batch statistics, as autograd gives it)."""
+    model, x, y = conv_bn_net()
+    params = dict(model.named_parameters())
+    flat0 = torch.cat([p.detach().reshape(-1) for p in params.values()])
+    sizes, shapes = [p.numel() for p in params.values()], [p.shape for p in params.values()]
+    snapshot = {k: b.clone() for k, b in model.named_buffers()}
+
+    def loss_of(flat):
+        chunks = dict(zip(params, (c.reshape(s) for c, s in zip(torch.split(flat, sizes), shapes))))
+        state = {**chunks, **{k: b.clone() for k, b in snapshot.items()}}  # fresh statistics each call
+        return F.cross_entropy(torch.func.functional_call(model, state, (x,)), y)
+
+    dense = torch.autograd.functional.hessian(loss_of, flat0)
+    v = torch.randn(flat0.numel(), generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    op = HessianOperator(model, (x, y), hvp="forward-over-reverse")
+    with pytest.warns(RuntimeWarning, match="falling back to hvp='double-backward'"):
+        hv = op.matvec(v)
+    assert op.hvp == "double-backward"
+    assert close(hv, dense @ v, float(dense.abs().max() * v.abs().max()) * op.dim)
+    with torch.no_grad():
+        for k, b in model.named_buffers():
+            b.copy_(snapshot[k])
+
+
+def test_hvp_mode_is_checked():
+    model, batch = tiny_mlp(), tiny_batch()
+    with pytest.raises(ValueError, match="hvp: expected one of 'auto', 'double-backward', 'forward-over-reverse'"):
+        HessianOperator(model, batch, hvp="jvp")
+    with preserved(model):
+        assert HessianOperator(model, batch).hvp == "double-backward"  # auto: the faster one measured
+
+
+def test_conv_net_products_in_channels_last_match_dense_hessian():
+    """On a CPU, conv nets' image batches go through the operator in channels_last layout; the
+    products must still be the dense Hessian's, with either way of computing them (guards a
+    layout-dependent reshape in the flattening)."""
+    model, x, y = conv_bn_net()
+    dense = dense_hessian(model, x, y)
+    v = torch.randn(dense.shape[0], generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    with preserved(model):
+        for hvp in ("double-backward", "forward-over-reverse"):
+            op = HessianOperator(model, (x, y), hvp=hvp)
+            assert op._channels_last
+            batch = next(op._iter())[0]
+            assert batch.is_contiguous(memory_format=torch.channels_last)
+            assert close(op.matvec(v), dense @ v, float(dense.abs().max() * v.abs().max()) * op.dim)

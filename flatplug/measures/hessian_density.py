@@ -3,11 +3,14 @@
 For a unit random start vector ``v``, ``m`` Lanczos steps give a tridiagonal ``T`` whose
 eigenvalues ``theta_j`` (nodes) and squared first eigenvector components ``w_j`` (weights) form
 the Gauss quadrature of the spectral measure ``v^T delta(t - H) v``; its expectation over ``v``
-is the normalised eigenvalue density ``(1/n) sum_i delta(t - lambda_i)`` (Golub & Meurant 1994;
-Lin, Saad & Yang 2016, "Approximating spectral densities of large matrices"). Ghorbani, Krishnan
-& Xiao 2019 ("An investigation into neural net optimization via Hessian eigenvalue density")
-smooth the nodes with a Gaussian kernel to draw the density; outliers and negative mass tell
-how sharp and how non-convex the landscape is.
+is the normalised eigenvalue density ``(1/n) sum_i delta(t - lambda_i)`` (Golub & Meurant 1994,
+"Matrices, moments and quadrature"; Lin, Saad & Yang 2016, "Approximating spectral densities of
+large matrices", https://doi.org/10.1137/130934283; Lanczos 1950,
+https://doi.org/10.6028/jres.045.026). Ghorbani, Krishnan & Xiao 2019 ("An investigation into
+neural net optimization via Hessian eigenvalue density", https://arxiv.org/abs/1901.10159)
+smooth the nodes with a Gaussian kernel to draw the density, as PyHessian does (Yao et al. 2020,
+https://arxiv.org/abs/1912.07145); outliers and negative mass tell how sharp and how non-convex
+the landscape is.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ from .._loss import LossFn
 from .._params import ParamSpec
 from .._progress import progress
 from .._state import preserved
-from ..hvp import HessianOperator, check_int
+from .._validation import check_choice
+from ..hvp import HVP_MODES, HessianOperator, check_int
 from ..lanczos import lanczos, tridiagonal_quadrature
 from ..registry import MeasureInfo
 from ..types import Measurement
@@ -49,6 +53,7 @@ def hessian_density(
     seed: int = 0,
     loss_fn: LossFn | None = None,
     quiet: bool = False,
+    hvp: str = "auto",
 ) -> Measurement:
     """Hessian eigenvalue density of the mean loss over ``data`` w.r.t. ``params`` by SLQ.
 
@@ -58,12 +63,15 @@ def hessian_density(
     the nodes, weighted by the weights, on ``grid_points`` points covering the nodes plus five
     kernel widths, normalised to integrate to 1. ``value`` is the first moment
     ``mean_runs sum_j w_j theta_j``, an unbiased estimate of the mean eigenvalue ``tr(H) / n``.
+    ``hvp`` chooses how Hessian-vector products are computed (:class:`flatplug.hvp.HessianOperator`;
+    the same numbers up to rounding).
     """
     start = time.perf_counter()
     check_int(iterations, "iterations", lo=1)
     check_int(runs, "runs", lo=1)
     check_int(grid_points, "grid_points", lo=2)
     check_int(seed, "seed", lo=None)
+    check_choice(hvp, "hvp", HVP_MODES)
     if sigma is not None and not (
         isinstance(sigma, (int, float)) and not isinstance(sigma, bool) and 0 < sigma < float("inf")
     ):
@@ -74,7 +82,7 @@ def hessian_density(
     all_weights: list[torch.Tensor] = []
     steps: list[int] = []
     with preserved(model):
-        op = HessianOperator(model, data, params=params, loss_fn=loss_fn)
+        op = HessianOperator(model, data, params=params, loss_fn=loss_fn, hvp=hvp)
         dim = op.dim
         m = min(iterations, dim)
         bar = progress(range(runs * m), desc="hessian_density", quiet=quiet)

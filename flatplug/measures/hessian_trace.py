@@ -1,11 +1,14 @@
 """Trace of the loss Hessian: total curvature, summed over all directions.
 
-Hutchinson's estimator (Hutchinson 1989): for Rademacher ``v``, ``E[v^T H v] = tr(H)``; the mean
-over probes is used as in PyHessian (Yao et al. 2020) and as a flatness measure by e.g.
-Dinh et al. 2017 / Jiang et al. 2020. Hutch++ (Meyer, Musco, Musco & Woodruff 2021) spends a
-third of the budget finding the dominant range ``Q`` of ``H``, takes ``tr(Q^T H Q)`` exactly and
-applies Hutchinson only to the deflated rest, which needs far fewer probes when the spectrum
-decays fast (as Hessians of trained networks do).
+Hutchinson's estimator (Hutchinson 1989, "A stochastic estimator of the trace of the influence
+matrix for Laplacian smoothing splines", https://doi.org/10.1080/03610918908812806): for
+Rademacher ``v``, ``E[v^T H v] = tr(H)``; the mean over probes is used as in PyHessian (Yao et al.
+2020, https://arxiv.org/abs/1912.07145) and as a flatness measure by e.g. Dinh et al. 2017
+(https://arxiv.org/abs/1703.04933) / Jiang et al. 2020 (https://arxiv.org/abs/1912.02178).
+Hutch++ (Meyer, Musco, Musco & Woodruff 2021, "Hutch++: optimal stochastic trace estimation",
+https://arxiv.org/abs/2010.09649) spends a third of the budget finding the dominant range ``Q`` of
+``H``, takes ``tr(Q^T H Q)`` exactly and applies Hutchinson only to the deflated rest, which needs
+far fewer probes when the spectrum decays fast (as Hessians of trained networks do).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from .._params import ParamSpec
 from .._progress import progress
 from .._state import preserved
 from .._validation import check_choice
-from ..hvp import HessianOperator, check_int
+from ..hvp import HVP_MODES, HessianOperator, check_int
 from ..registry import MeasureInfo
 from ..types import Measurement
 
@@ -54,6 +57,7 @@ def hessian_trace(
     seed: int = 0,
     loss_fn: LossFn | None = None,
     quiet: bool = False,
+    hvp: str = "auto",
 ) -> Measurement:
     """Estimate ``tr(H)`` of the mean loss over ``data`` w.r.t. ``params`` from Hessian-vector products.
 
@@ -62,12 +66,14 @@ def hessian_trace(
     uses all ``probes``). ``method="hutch++"`` splits the ``probes`` budget in thirds (range
     sketch, exact trace on the sketch, Hutchinson on the deflated remainder; the same ``tol``
     rule may stop the last third early). ``details["std_error"]`` is the standard error of the
-    stochastic part.
+    stochastic part. ``hvp`` chooses how Hessian-vector products are computed
+    (:class:`flatplug.hvp.HessianOperator`; the same numbers up to rounding).
     """
     start = time.perf_counter()
     check_int(probes, "probes", lo=1)
     check_int(min_probes, "min_probes", lo=2)
     check_int(seed, "seed", lo=None)
+    check_choice(hvp, "hvp", HVP_MODES)
     if not (isinstance(tol, (int, float)) and not isinstance(tol, bool) and 0 <= tol < float("inf")):
         raise ValueError(f"tol: expected a non-negative relative standard error (0 uses all probes), got {tol!r}")
     check_choice(method, "method", METHODS)
@@ -77,7 +83,7 @@ def hessian_trace(
     gen = torch.Generator().manual_seed(seed)
 
     with preserved(model):
-        op = HessianOperator(model, data, params=params, loss_fn=loss_fn)
+        op = HessianOperator(model, data, params=params, loss_fn=loss_fn, hvp=hvp)
         dim = op.dim
         bar = progress(range(probes), desc=f"hessian_trace ({method})", quiet=quiet)
         samples: list[float] = []
