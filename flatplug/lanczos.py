@@ -6,8 +6,19 @@ off-diagonal ``beta``); Ritz values/vectors of ``T`` approximate the extreme eig
 orthogonalised twice against the whole basis (classical Gram-Schmidt, twice), which keeps the
 basis orthogonal to working precision and avoids spurious copies of converged eigenvalues.
 
-Residual of a Ritz pair ``(theta_i, Q s_i)``: ``||A Q s_i - theta_i Q s_i|| = |beta_m s_{m,i}|``;
-an eigenvalue of ``A`` lies within that distance of ``theta_i``.
+Residual of a Ritz pair ``(theta_i, Q s_i)``: ``r_i = ||A Q s_i - theta_i Q s_i|| = |beta_m s_{m,i}|``;
+an eigenvalue of ``A`` lies within ``r_i`` of ``theta_i``. Once ``theta_i`` is separated from the
+rest of the spectrum by a gap ``delta_i > r_i``, the error is far smaller:
+``|lambda_i - theta_i| <= r_i^2 / delta_i`` (the Kato-Temple / residual-gap bound; Parlett, "The
+Symmetric Eigenvalue Problem", 1998, Thm 11.7.1; Saad, "Numerical Methods for Large Eigenvalue
+Problems", 2011, Thm 3.8). :func:`ritz_error_bounds` estimates ``delta_i`` from the other Ritz
+values, ``delta_i = min_{j != i} (|theta_j - theta_i| - r_j)`` (each ``theta_j`` has an eigenvalue
+within ``r_j``), halved for safety. This is the a-posteriori bound the default stopping rule uses;
+like every Krylov bound it assumes the Krylov space has resolved the eigenvalues near
+``theta_i`` (an eigenvector nearly orthogonal to the start vector, or a cluster narrower than
+the residual, stays invisible), so convergence is not tested before ``2 k + 2`` steps. Lanczos
+convergence itself (how fast ``r_i`` falls) is the Kaniel-Paige theory (Kaniel 1966; Paige 1971;
+Saad 1980).
 
 A Krylov space from one start vector holds one copy of each distinct eigenvalue, so it becomes
 an invariant subspace (``beta ~ 0``) after as many steps as there are distinct eigenvalues. There
@@ -27,9 +38,14 @@ from typing import Callable
 
 import torch
 
-__all__ = ["LanczosResult", "lanczos", "tridiagonal", "tridiagonal_quadrature"]
+__all__ = ["LanczosResult", "STOPPING", "lanczos", "ritz_error_bounds", "tridiagonal", "tridiagonal_quadrature"]
 
 _WHICH = ("largest", "smallest", "magnitude")
+#: the gap estimated from the Ritz values is divided by this before it enters ``r^2 / gap``: an
+#: eigenvalue not yet resolved by its own Ritz value can sit closer than the Ritz values suggest
+GAP_SAFETY = 2.0
+#: stopping rules of :func:`lanczos` (see its docstring for what ``tol`` means in each)
+STOPPING = ("bound", "residual", "change")
 
 
 @dataclass
@@ -39,7 +55,8 @@ class LanczosResult:
     ``eigenvalues``: the selected Ritz values (``k`` of them, or all when ``k`` is None), ordered by
     ``which`` (descending for "largest", ascending for "smallest", by descending magnitude for
     "magnitude"); ``eigenvectors``: matching unit Ritz vectors as rows ``[k, dim]`` (when asked);
-    ``residuals``: residual norm estimates for them; ``alpha``/``beta``: the tridiagonal
+    ``residuals``: residual norms ``r_i`` for them; ``error_bounds``: a-posteriori bounds on
+    ``|lambda_i - theta_i|`` (:func:`ritz_error_bounds`); ``alpha``/``beta``: the tridiagonal
     (float64, ``len(beta) == iterations - 1``); ``converged``: whether the ``k`` pairs met ``tol``
     (or the Krylov space was exhausted); ``stop_reason``: "converged", "invariant" (the Krylov space
 was exhausted: the Ritz values are eigenvalues), "max_iter".
@@ -53,6 +70,7 @@ was exhausted: the Ritz values are eigenvalues), "max_iter".
     converged: bool
     stop_reason: str
     eigenvectors: torch.Tensor | None = None
+    error_bounds: torch.Tensor | None = None
     restarts: int = 0
     first_vector: torch.Tensor | None = field(default=None, repr=False)
 
@@ -75,6 +93,31 @@ def tridiagonal_quadrature(alpha: torch.Tensor, beta: torch.Tensor) -> tuple[tor
     t = tridiagonal(alpha.double().cpu(), beta.double().cpu())
     nodes, vecs = torch.linalg.eigh(t)
     return nodes, vecs[0, :] ** 2
+
+
+def ritz_error_bounds(theta: torch.Tensor, residuals: torch.Tensor) -> torch.Tensor:
+    """A-posteriori bounds on ``|lambda_i - theta_i|`` for every Ritz pair of one Rayleigh-Ritz step.
+
+    ``theta``/``residuals``: all Ritz values of ``T`` and their residual norms. The gap of
+    ``theta_i`` to the rest of the spectrum is estimated as ``delta_i = min_{j != i} (|theta_j -
+    theta_i| - r_j) / GAP_SAFETY`` (each ``theta_j`` has an eigenvalue within ``r_j``; the factor
+    allows for an eigenvalue that no Ritz value has resolved yet); the bound is ``r_i^2 / delta_i``
+    when ``delta_i > r_i`` (the gap is resolved: Kato-Temple), else ``r_i`` (an eigenvalue lies
+    within the residual). A single Ritz value says nothing about the gap: its bound is its residual.
+
+    Like every Krylov bound these assume the Krylov space has resolved the eigenvalues near
+    ``theta_i``: an eigenvalue whose eigenvector is nearly orthogonal to the start vector, or a
+    cluster narrower than the residual that one Ritz value still averages, is invisible to them
+    (on such spectra use ``stopping="residual"`` with a small ``tol``).
+    """
+    theta, residuals = theta.double(), residuals.double()
+    if theta.numel() < 2:
+        return residuals.clone()
+    gaps = (theta[None, :] - theta[:, None]).abs() - residuals[None, :]
+    gaps.fill_diagonal_(float("inf"))
+    delta = gaps.min(dim=1).values / GAP_SAFETY
+    resolved = delta > residuals
+    return torch.where(resolved, residuals**2 / torch.where(resolved, delta, torch.ones_like(delta)), residuals)
 
 
 def _order(theta: torch.Tensor, which: str) -> torch.Tensor:
@@ -106,25 +149,34 @@ def lanczos(
     return_eigenvectors: bool = False,
     breakdown_tol: float | None = None,
     callback: Callable[[int], None] | None = None,
-    stopping: str = "residual",
+    stopping: str = "bound",
 ) -> LanczosResult:
     """Lanczos with full reorthogonalisation on the symmetric operator ``matvec`` of size ``dim``.
 
     Stops when the ``k`` Ritz pairs selected by ``which`` ("largest" algebraic, "smallest",
-    "magnitude") all have residual ``|beta_m s_{m,i}| <= tol * max(|theta_i|, eps * ||T||)``, when
-    the Krylov space is exhausted (with ``restart=True``: when a restarted block adds nothing to
-    the top ``k``), or after ``max_iter`` steps (clamped to ``dim``). ``k=None``
+    "magnitude") all pass the ``stopping`` test with tolerance ``tol * max(|theta_i|, eps * ||T||)``,
+    when the Krylov space is exhausted (with ``restart=True``: when a restarted block adds nothing
+    to the top ``k``), or after ``max_iter`` steps (clamped to ``dim``). What ``tol`` means:
+
+    * ``"bound"`` (default): the a-posteriori error bound of each Ritz value
+      (:func:`ritz_error_bounds`, ``min(r_i, r_i^2 / delta_i)``) is at most ``tol`` relative:
+      ``tol`` is the relative error of the eigenvalues;
+    * ``"residual"``: the residual ``r_i = |beta_m s_{m,i}|`` is at most ``tol`` relative: the
+      eigenvectors' residuals meet ``tol`` (the eigenvalues are then far more accurate, up to
+      ``r_i^2 / delta_i``), at about twice the steps of ``"bound"`` for the same ``tol``;
+    * ``"change"``: PyHessian's rule: the ``k`` Ritz values changed by at most ``tol`` relative
+      since the previous step. It bounds nothing (a slow iteration changes little too).
+
+    ``k=None``
     runs all ``max_iter`` steps (no convergence test) and returns every Ritz value: the mode of
     stochastic Lanczos quadrature, used with ``restart=False`` so the iteration stops on an
     invariant subspace instead of restarting. The start vector is ``v0`` (normalised) or a
     Gaussian vector drawn from ``generator``. ``breakdown_tol`` (relative to the largest
     ``|alpha|``/``beta`` so far) defaults to ``100 * eps(dtype)``. ``callback(i)`` runs after
-    step ``i``. ``stopping="change"`` replaces the residual test by PyHessian's rule (the top
-    ``k`` Ritz values changed by at most ``tol`` relative since the previous step): cheaper, but
-    unlike the residual it does not bound the error.
+    step ``i``.
     """
-    if stopping not in ("residual", "change"):
-        raise ValueError(f"stopping: expected 'residual' or 'change', got {stopping!r}")
+    if stopping not in STOPPING:
+        raise ValueError(f"stopping: expected one of {', '.join(map(repr, STOPPING))}, got {stopping!r}")
     if not isinstance(dim, int) or dim < 1:
         raise ValueError(f"dim: expected a positive integer, got {dim!r}")
     if k is not None and (not isinstance(k, int) or isinstance(k, bool) or k < 1 or k > dim):
@@ -139,6 +191,7 @@ def lanczos(
         raise ValueError(f"tol: expected a positive relative residual tolerance, got {tol!r}")
     device = torch.device(device)
     m = min(max_iter, dim)
+    min_steps = 0 if k is None else min(dim, 2 * k + 2)
     eps = torch.finfo(dtype).eps
     brk = 100.0 * eps if breakdown_tol is None else float(breakdown_tol)
     tiny = torch.finfo(torch.float64).tiny
@@ -203,11 +256,15 @@ def lanczos(
         if k is not None and j >= k:
             idx = _order(theta, which)[:k]
             bound = tol * torch.clamp(theta[idx].abs(), min=max(eps * scale, tiny))
-            if stopping == "residual":
+            if stopping == "bound":
+                ok = bool((ritz_error_bounds(theta, res)[idx] <= bound).all())
+            elif stopping == "residual":
                 ok = bool((res[idx] <= bound).all())
             else:
                 ok = prev_step_top is not None and bool(((theta[idx] - prev_step_top).abs() <= bound).all())
                 prev_step_top = theta[idx].clone()
+            if j < min_steps and not exhausted:
+                ok = False  # too small a Krylov space to have resolved the top of the spectrum
             if ok and restarts == 0 and not exhausted:
                 converged, stop_reason = True, "converged"
                 break
@@ -256,6 +313,7 @@ def lanczos(
     return LanczosResult(
         eigenvalues=theta[idx].clone(),
         residuals=res[idx].clone(),
+        error_bounds=ritz_error_bounds(theta, res)[idx],
         alpha=torch.tensor(alphas, dtype=torch.float64),
         beta=torch.tensor(betas, dtype=torch.float64),
         iterations=j,
