@@ -69,11 +69,19 @@ def header(title: str, args: argparse.Namespace, device: torch.device, **extra: 
         dev += f" ({torch.cuda.get_device_name(device)})"
     else:
         dev += f" ({platform.processor() or platform.machine()}, {os.cpu_count()} logical cores)"
-    load = ", ".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
-    print(f"device: {dev}; torch {torch.__version__}; threads {torch.get_num_threads()}; load average {load}")
+    print(f"device: {dev}; torch {torch.__version__}; threads {torch.get_num_threads()}; load average {load_average()}")
     print(f"model: {args.model} ({args.zoo}); n = {args.n}; repeats = {args.repeats}")
     for key, value in extra.items():
         print(f"{key}: {value}")
+
+
+def load_average() -> str:
+    return ", ".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+
+
+def footer() -> None:
+    """Print the machine load at the end of a run (the header prints it at the start)."""
+    print(f"load average at the end: {load_average()} ({os.cpu_count()} logical cores)")
 
 
 def load_model(args: argparse.Namespace, device: torch.device) -> nn.Module:

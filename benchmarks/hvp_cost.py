@@ -1,28 +1,34 @@
-"""Cost of one Hessian-vector product relative to one gradient, on the same batch and model.
+"""Cost of one Hessian-vector product relative to one gradient: double backward vs forward-over-reverse.
 
 A gradient here is one forward and one backward pass of the mean cross-entropy over the batch
 w.r.t. all parameters (``torch.autograd.grad``). A Hessian-vector product is
-``flatplug.hvp.HessianOperator.matvec`` (Pearlmutter's double backward) of the same loss:
+``flatplug.hvp.HessianOperator.matvec`` of the same loss, computed three ways:
 
-* ``cache_graph=True``: the operator keeps the batch's first-order graph (built once, on the
-  first product, and reported on its own line), so each further product is one double backward;
-* ``cache_graph=False``: every product does its own forward, backward with ``create_graph`` and
-  double backward, as it must when the data are streamed in several batches.
+* ``hvp="double-backward"``, ``cache_graph=True`` (what ``hvp="auto"`` does on one batch): the
+  batch's first-order graph is built once (on the first product, reported on its own line) and
+  kept, so each product is one double backward (Pearlmutter's reverse-over-reverse);
+* ``hvp="double-backward"``, ``cache_graph=False``: every product does its own forward, backward
+  with ``create_graph`` and double backward, as when the data stream in several batches;
+* ``hvp="forward-over-reverse"``: ``torch.func.jvp`` of ``torch.func.grad`` of the loss as a
+  function of the parameters (``functional_call``); nothing can be kept between products.
 
-All three are timed interleaved, ``--repeats`` times, each sample averaging ``--number`` calls,
-on the real pretrained ``resnet4b`` of the shared zoo and real CIFAR-10 test images. Reported:
-the median seconds and the ratios of the medians (also the median of the ratios within a round).
+All are timed interleaved, ``--repeats`` times, on each of ``--models``: the real pretrained
+``resnet4b`` of the shared zoo, and a WideResNet-28-10 built by RobustBench's constructor (as
+``benchmarks/gpu_scoring.py`` builds it; random weights: timings do not depend on them) on a
+smaller batch (``--wrn-n``) since a CPU is slow on it. Images are real CIFAR-10 test images.
+Reported: median seconds, the ratios of the medians to the gradient (and the median of the
+per-round ratios), and which way of computing a product is the faster on each model.
 
-On a CPU the script runs torch with one thread by default (``--threads 0``: torch's own choice):
-on a small machine shared with other work, torch's default threads oversubscribe the cores and
-make every timing several times slower and far noisier; both methods always get the same threads.
+On a CPU the script runs torch with one thread by default (``--threads 0``: torch's own choice).
 
-    .venv/bin/python benchmarks/hvp_cost.py [--device cpu] [--n 128] [--repeats 20] [--threads 1]
+    .venv/bin/python benchmarks/hvp_cost.py [--device cpu] [--n 128] [--repeats 10] [--threads 1]
+    .venv/bin/python benchmarks/hvp_cost.py --models resnet4b            # resnet4b only (faster)
 """
 
 from __future__ import annotations
 
 import statistics
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -31,67 +37,120 @@ import _common as C
 from flatplug.ext import preserved
 from flatplug.hvp import HessianOperator
 
-GOAL = 3.0
+GOAL = 2.0  # one HVP (the default path) / one gradient on resnet4b
+WRN = "wrn-28-10"
+
+
+def wide_resnet_28_10(device: torch.device) -> torch.nn.Module:
+    try:
+        from flatplug_robustbench._compat import alias_autoattack
+
+        alias_autoattack()
+        from robustbench.model_zoo.architectures.wide_resnet import WideResNet
+    except ImportError as exc:
+        sys.exit(f"--models {WRN}: built with RobustBench's constructor; install adapters/robustbench ({exc})")
+    torch.manual_seed(0)
+    return WideResNet(depth=28, widen_factor=10).to(device).eval()
+
+
+def measure(name: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, repeats: int,
+            device: torch.device) -> dict:
+    params = list(model.parameters())
+    dim = sum(p.numel() for p in params)
+    gen = torch.Generator().manual_seed(0)
+    with preserved(model):
+        ops = {
+            "HVP double backward, cached graph (default)": HessianOperator(model, (x, y), hvp="double-backward",
+                                                                         cache_graph=True),
+            "HVP double backward, no cached graph": HessianOperator(model, (x, y), hvp="double-backward",
+                                                                 cache_graph=False),
+            "HVP forward-over-reverse (torch.func)": HessianOperator(model, (x, y), hvp="forward-over-reverse"),
+        }
+        vectors = [torch.randn(dim, generator=gen).to(device) for _ in range(repeats + 1)]
+
+        def gradient(r: int) -> None:
+            torch.autograd.grad(F.cross_entropy(model(x), y), params)
+
+        # warm-up (the first double backward and the first torch.func call pay one-off costs); then the
+        # cached operator's first product, which builds the batch's gradient graph and keeps it
+        gradient(0)
+        for label, op in ops.items():
+            if "cached graph (default)" not in label:
+                op.matvec(vectors[0])
+        build, build_cpu, _ = C.timed_both(lambda: ops["HVP double backward, cached graph (default)"].matvec(vectors[0]),
+                                           device)
+        products = {label: op.matvec(vectors[1]) for label, op in ops.items()}
+        ref = products["HVP double backward, cached graph (default)"]
+        agree = max(float((p - ref).norm() / ref.norm()) for p in products.values())
+        methods = {"gradient (forward + backward)": gradient}
+        methods.update({label: (lambda r, op=op: op.matvec(vectors[r])) for label, op in ops.items()})
+        cpu: dict[str, list[float]] = {}
+        times, _ = C.interleaved(methods, repeats, device, warmup=False, cpu=cpu)
+        fell_back = [label for label, op in ops.items() if op.hvp != ("forward-over-reverse" if "forward" in label
+                                                                    else "double-backward")]
+        del ops, products
+    return {"name": name, "dim": dim, "n": x.shape[0], "times": times, "cpu": cpu, "build": build,
+            "build_cpu": build_cpu, "agree": agree, "fell_back": fell_back}
 
 
 def main() -> None:
-    p = C.parser(__doc__.splitlines()[0], repeats=20, n=128, threads=1)
-    p.add_argument("--number", type=int, default=1, help="back-to-back calls averaged in each timed sample")
+    p = C.parser(__doc__.splitlines()[0], repeats=10, n=128, threads=1)
+    p.add_argument("--models", nargs="+", default=["resnet4b", WRN],
+                   help=f"zoo model names and/or {WRN!r} (RobustBench's constructor, random weights)")
+    p.add_argument("--wrn-n", type=int, default=4, help=f"batch size for {WRN} (slow on a CPU)")
+    p.add_argument("--wrn-repeats", type=int, default=3, help=f"timed repeats for {WRN}")
     args = p.parse_args()
     device = C.setup(args)
-    if args.number < 1:
-        raise SystemExit(f"--number: expected a positive integer, got {args.number}")
+    C.header("one Hessian-vector product vs one gradient: double backward vs forward-over-reverse", args, device,
+             loss="mean cross-entropy over the batch w.r.t. all parameters")
 
-    model = C.load_model(args, device)
-    x, y = C.load_cifar(args, "test", args.n)
-    x, y = x.to(device), y.to(device)
-    params = list(model.parameters())
-    dim = sum(p.numel() for p in params)
-    C.header("one Hessian-vector product vs one gradient", args, device,
-             loss=f"mean cross-entropy over the batch, w.r.t. all {dim} parameters; --number {args.number}")
+    results = []
+    for name in args.models:
+        if name == WRN:
+            model = wide_resnet_28_10(device)
+            n, repeats = args.wrn_n, args.wrn_repeats
+        else:
+            model = C.load_model(argparse_with(args, name), device)
+            n, repeats = args.n, args.repeats
+        x, y = C.load_cifar(args, "test", n)
+        results.append(measure(name, model, x.to(device), y.to(device), repeats, device))
+        del model
 
-    gen = torch.Generator().manual_seed(0)
-    with preserved(model):
-        cached = HessianOperator(model, (x, y), cache_graph=True)
-        streamed = HessianOperator(model, (x, y), cache_graph=False)
-        vectors = [torch.randn(dim, generator=gen).to(device) for _ in range(args.repeats + 1)]
+    for res in results:
+        times, cpu = res["times"], res["cpu"]
+        names = list(times)
+        grad_t = times[names[0]]
+        print()
+        print(f"{res['name']}: {res['dim']} parameters, batch {res['n']} (wall-clock seconds per call):")
+        rows = [C.time_cpu_row(k, t, cpu[k]) for k, t in times.items()]
+        rows.append(["first cached HVP (builds the graph once)", res["build"], res["build"], res["build"], 1,
+                     res["build_cpu"]])
+        print(C.table(C.CPU_HEADERS, rows))
+        print(f"the three ways give the same product: largest relative difference {res['agree']:.1e}")
+        if res["fell_back"]:
+            print(f"NOTE: fell back to the double backward: {res['fell_back']}")
+        ratios = {}
+        for name in names[1:]:
+            ratios[name] = C.median(times[name]) / C.median(grad_t)
+            paired = statistics.median(h / g for h, g in zip(times[name], grad_t))
+            cpu_ratio = C.median(cpu[name]) / C.median(cpu[names[0]])
+            goal = ""
+            if res["name"] == "resnet4b" and "(default)" in name:
+                goal = f"; goal <= {GOAL:.1f}x: {C.verdict(ratios[name] <= GOAL)}"
+            print(f"  {name} / gradient: {ratios[name]:.2f}x (median of per-round ratios {paired:.2f}x; "
+                  f"CPU time {cpu_ratio:.2f}x{goal})")
+        db, fr = ratios["HVP double backward, no cached graph"], ratios["HVP forward-over-reverse (torch.func)"]
+        print(f"  per product without a kept graph, the faster is {'forward-over-reverse' if fr < db else 'the double backward'}"
+              f" ({min(db, fr):.2f}x vs {max(db, fr):.2f}x); with one batch the cached double backward "
+              f"({ratios['HVP double backward, cached graph (default)']:.2f}x) is what hvp='auto' uses")
+    C.footer()
 
-        def gradient(r: int) -> torch.Tensor:
-            return torch.autograd.grad(F.cross_entropy(model(x), y), params)[0]
 
-        # warm-up (the process's first double backward pays one-off costs), then the cached operator's
-        # first product, which builds the batch's gradient graph and keeps it
-        for _ in range(2):
-            gradient(0)
-            streamed.matvec(vectors[0])
-        build, build_cpu, _ = C.timed_both(lambda: cached.matvec(vectors[0]), device)
-        # the two operators agree: a check that both compute the same product
-        hv = cached.matvec(vectors[1])
-        diff = (hv - streamed.matvec(vectors[1])).norm() / hv.norm()
+def argparse_with(args, model: str):
+    """``args`` with ``--model`` replaced (``C.load_model`` reads it)."""
+    import argparse
 
-        methods = {
-            "gradient (forward + backward)": gradient,
-            "HVP, cached graph (cache_graph=True)": lambda r: cached.matvec(vectors[r]),
-            "HVP, no cached graph (cache_graph=False)": lambda r: streamed.matvec(vectors[r]),
-        }
-        cpu: dict[str, list[float]] = {}
-        times, _ = C.interleaved(methods, args.repeats, device, number=dict.fromkeys(methods, args.number), cpu=cpu)
-        del cached, streamed
-
-    names = list(times)
-    grad_t = times[names[0]]
-    print()
-    print("timings (wall-clock seconds per call):")
-    rows = [C.time_cpu_row(n, t, cpu[n]) for n, t in times.items()]
-    rows.append(["first cached HVP (builds the graph once)", build, build, build, 1, build_cpu])
-    print(C.table(C.CPU_HEADERS, rows))
-    print(f"cached and streamed products agree: relative difference {float(diff):.1e}")
-    for name in names[1:]:
-        ratio = C.median(times[name]) / C.median(grad_t)
-        paired = statistics.median(h / g for h, g in zip(times[name], grad_t))
-        cpu_ratio = C.median(cpu[name]) / C.median(cpu[names[0]])
-        print(f"{name} / gradient: {ratio:.2f}x (median of per-round ratios {paired:.2f}x; CPU time "
-              f"{cpu_ratio:.2f}x; goal <= {GOAL:.0f}x: {C.verdict(ratio <= GOAL)})")
+    return argparse.Namespace(**{**vars(args), "model": model})
 
 
 if __name__ == "__main__":

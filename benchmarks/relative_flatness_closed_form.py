@@ -13,24 +13,38 @@ Two timings are reported: the whole measure call (feature extraction through the
 included, which both paths share) and the core computation on the captured features
 (``closed_form`` vs ``exact_from_hessian``), which is where the two paths differ.
 
+A third part measures relative flatness *inside scoring* on the zoo model itself (issue 16: its
+cost above one forward pass <= 20%): ``fp.score(..., measures=["relative_flatness"])`` on
+``--score-n`` real CIFAR-10 test images, where clean accuracy and relative flatness share one
+forward pass; the cost is the scoring rows' own seconds (clean accuracy, which runs the shared
+forward pass, plus relative flatness), against a plain ``torch.no_grad()`` forward pass over the
+same images in the same batches, interleaved. The attack row scoring always adds is kept
+trivial (PGD, ``eps=0``, one step) and is not counted. The standalone measure call
+(``fp.measures.relative_flatness``, which does its own forward pass) is timed beside it.
+
 On a CPU the script runs torch with one thread by default (``--threads 0``: torch's own choice):
 on a small machine shared with other work, torch's default threads oversubscribe the cores and
 make every timing several times slower and far noisier; both methods always get the same threads.
 
-    .venv/bin/python benchmarks/relative_flatness_closed_form.py [--device cpu] [--repeats 5] [--threads 1]
+    .venv/bin/python benchmarks/relative_flatness_closed_form.py [--device cpu] [--repeats 5] [--threads 1] [--score-n 1000]
 """
 
 from __future__ import annotations
+
+import tempfile
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 import _common as C
+import flatplug as fp
 from flatplug.measures import relative_flatness
 from flatplug.measures.relative_flatness import closed_form, exact_from_hessian
 
 GOAL = 100.0
+SCORING_GOAL = 0.20  # relative flatness inside scoring: cost above one forward pass
 
 
 def trunk_at_flatten(model: nn.Sequential) -> nn.Sequential:
@@ -68,6 +82,8 @@ def main() -> None:
     p.add_argument("--train", type=int, default=1000, help="CIFAR-10 training images used to fit the head")
     p.add_argument("--l2", type=float, default=1e-2, help="L2 penalty (0.5 * l2 * ||W||^2) of the head's fit")
     p.add_argument("--fit-steps", type=int, default=300, help="L-BFGS iterations of the head's fit")
+    p.add_argument("--score-n", type=int, default=1000, help="CIFAR-10 test images for the scoring part (0: skip)")
+    p.add_argument("--batch-size", type=int, default=128, help="scoring's batch size (its CPU default)")
     args = p.parse_args()
     device = C.setup(args)
 
@@ -143,6 +159,55 @@ def main() -> None:
           f"paths, is most of the closed form's {t_closed:.3g} s")
     print(f"speed-up of the closed form, core computation on the features: {core_ratio:.0f}x "
           f"(CPU time {core_cpu_ratio:.0f}x; goal >= {GOAL:.0f}x: {C.verdict(core_ratio >= GOAL)})")
+    if args.score_n:
+        scoring_cost(args, device, zoo_model)
+    C.footer()
+
+
+def scoring_cost(args, device: torch.device, model: nn.Module) -> None:
+    """Relative flatness inside ``fp.score`` (shared forward pass) vs one plain forward pass."""
+    x, y = C.load_cifar(args, "test", args.score_n)
+    x, y = x.to(device), y.to(device)
+    batches = [(x[i:i + args.batch_size], y[i:i + args.batch_size]) for i in range(0, len(y), args.batch_size)]
+    loaded = fp.LoadedModel(args.model, model, "cifar10", metadata={"source": "bench"})
+    attack = {"name": "pgd", "eps": 0.0, "steps": 1}
+    tmp = tempfile.TemporaryDirectory()
+
+    def plain_forward(r: int) -> None:
+        with torch.no_grad():
+            for xb, _ in batches:
+                model(xb)
+
+    def scored(r: int) -> dict[str, float]:
+        frame = fp.score([loaded], ("cifar10", x, y), measures=["relative_flatness"], attack=attack,
+                         store=Path(tmp.name) / f"run{r}-{len(list(Path(tmp.name).iterdir()))}.db",
+                         device=str(device), batch_size=args.batch_size, quiet=True)
+        rows = {f"{k}:{n}": float(s) for k, n, s in zip(frame["kind"], frame["name"], frame["seconds"])}
+        return {"rows": rows["accuracy:clean"] + rows["measure:relative_flatness"],
+                "relative_flatness": rows["measure:relative_flatness"]}
+
+    def standalone(r: int) -> float:
+        return relative_flatness(model, batches, quiet=True).value
+
+    cpu: dict[str, list[float]] = {}
+    times, results = C.interleaved({"plain forward pass": plain_forward, "fp.score (whole call)": scored,
+                                     "relative_flatness measure call": standalone}, args.repeats, device, cpu=cpu)
+    tmp.cleanup()
+    rows_s = [r["rows"] for r in results["fp.score (whole call)"]]
+    rf_s = [r["relative_flatness"] for r in results["fp.score (whole call)"]]
+    print()
+    print(f"relative flatness inside scoring: {args.model}, {args.score_n} CIFAR-10 test images, batch "
+          f"{args.batch_size} (wall-clock seconds):")
+    table_rows = [C.time_cpu_row(k, v, cpu[k]) for k, v in times.items()]
+    table_rows.append(["  scoring rows: clean accuracy (shared forward) + relative flatness", C.median(rows_s),
+                       min(rows_s), max(rows_s), len(rows_s), ""])
+    table_rows.append(["  of which the relative flatness row", C.median(rf_s), min(rf_s), max(rf_s), len(rf_s), ""])
+    print(C.table(C.CPU_HEADERS, table_rows))
+    forward = C.median(times["plain forward pass"])
+    extra = C.median(rows_s) / forward - 1.0
+    alone = C.median(times["relative_flatness measure call"]) / forward - 1.0
+    print(f"cost of relative flatness inside scoring above one forward pass: {extra:+.1%} (goal <= "
+          f"{SCORING_GOAL:.0%}: {C.verdict(extra <= SCORING_GOAL)}); the standalone measure call: {alone:+.1%}")
 
 
 if __name__ == "__main__":
