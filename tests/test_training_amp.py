@@ -53,28 +53,28 @@ def test_amp_false_runs_the_step_without_autocast():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="amp=True is bfloat16 autocast on CUDA: needs a GPU")
 def test_amp_step_runs_in_bfloat16_and_matches_a_hand_written_autocast_step():
     """Guards against amp=True not entering autocast (forward in float32), autocasting to float16 or on the wrong
-    device, and against a step that differs from plain SGD on the autocast loss."""
+    device, and a step that is not plain SGD on the autocast loss: the amp step must be 100x closer to the
+    hand-written autocast step than to the float32 step (bfloat16 rounding of the inputs alone moves it ~1e-4)."""
+    lr = 1.0
     x, y = data()
     x, y = x.cuda(), y.cuda()
-    model, reference = tiny(3).cuda(), tiny(3).cuda()
+    model, reference, plain = tiny(3).cuda(), tiny(3).cuda(), tiny(3).cuda()
     dtypes = []
     # the training step's forward passes (the loop's eval-mode logits check before training runs in float32)
     model[0].register_forward_hook(lambda mod, inp, out: dtypes.append(out.dtype) if mod.training else None)
-    fp.train(model, [(x, y)], method="standard", epochs=1, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+    fp.train(model, [(x, y)], method="standard", epochs=1, optimizer=torch.optim.SGD(model.parameters(), lr=lr),
              amp=True, quiet=True)
     assert dtypes and all(d == torch.bfloat16 for d in dtypes)
-    opt = torch.optim.SGD(reference.parameters(), lr=0.1)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    opt = torch.optim.SGD(reference.parameters(), lr=lr)
     reference.train()
     with torch.autocast("cuda", dtype=torch.bfloat16):
-        loss = F.cross_entropy(reference(x), y)
+        loss = F.cross_entropy(reference(x), y, reduction="none").mean()
     opt.zero_grad()
     loss.backward()
     opt.step()
-    for a, b in zip(model.parameters(), reference.parameters()):
-        assert a.dtype == torch.float32
-        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
-    # and bfloat16 is visible: the float32 step lands elsewhere
-    plain = tiny(3).cuda()
-    fp.train(plain, [(x, y)], method="standard", epochs=1, optimizer=torch.optim.SGD(plain.parameters(), lr=0.1),
+    fp.train(plain, [(x, y)], method="standard", epochs=1, optimizer=torch.optim.SGD(plain.parameters(), lr=lr),
              quiet=True)
-    assert max(float((a - b).abs().max()) for a, b in zip(model.parameters(), plain.parameters())) > 1e-5
+    err = max(float((a - b).abs().max()) for a, b in zip(model.parameters(), reference.parameters()))
+    gap = max(float((a - b).abs().max()) for a, b in zip(model.parameters(), plain.parameters()))
+    assert gap > 1e-6 and err <= 0.01 * gap, (err, gap)
