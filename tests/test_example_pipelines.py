@@ -1,9 +1,15 @@
 """examples/art_pipeline.py and examples/torchattacks_pipeline.py in their fast settings.
 
-Measured (fast settings, seed 0, this machine): ART pipeline: standard training robust accuracy
-0.514 against LFRTrainer 0.780 (ART PGD, eps 0.1); torchattacks pipeline on sdp_cnn_a_adv, 64
-images, eps 8/255: FlatRegionAttack's examples have relative flatness 371 against PGD's 480 and
-wrong-class confidence 0.636 against 0.499.
+Each test runs its pipeline once (seed 0); every threshold lies outside the spread measured over seeds, so a change
+that acts like a reseed (another initialisation order, another torch build) does not flip it. Spread measured with
+``python notes/tests_pipeline_spread.py art 0 1 ... 11`` and ``... torchattacks 0 1 ... 5`` (see notes/tests.md):
+
+* ART pipeline, seeds 0-11 (the seed moves the MNIST slice, the initialisation and LFRTrainer's batches): clean accuracy
+  0.914-0.948 (standard) and 0.840-0.928 (LFR); robust accuracy (ART PGD, eps 0.1) gained by LFR +0.102 to +0.338
+  (seed 0: +0.266, median +0.21); LFR's local flatness 0.150x-0.324x standard training's (seed 0: 0.196x).
+* torchattacks pipeline on sdp_cnn_a_adv, 64 CIFAR-10 images, eps 8/255, image and torch seeds 0-5:
+  FlatRegionAttack's robust accuracy equals PGD's on every seed; relative flatness of its examples 0.766x-0.822x
+  PGD's (seed 0: 0.773x); wrong-class confidence +0.079 to +0.137 above PGD's (seed 0: +0.137).
 """
 
 from __future__ import annotations
@@ -29,16 +35,17 @@ def test_art_pipeline_lfr_beats_standard_training():
     pytest.importorskip("flatplug_art")
     table = load("art_pipeline").main(["--fast", "--shared", str(shared_path())])
     standard, lfr = table["standard (ART fit)"], table["LFR (flatplug_art.LFRTrainer)"]
-    assert standard["clean"] > 0.85 and lfr["clean"] > 0.75
-    assert lfr["pgd@0.1"] > standard["pgd@0.1"] + 0.1  # measured +0.27
-    assert lfr["local_flatness"] < 0.5 * standard["local_flatness"]  # measured 7.6 against 38.3
+    assert standard["clean"] > 0.85 and lfr["clean"] > 0.75  # seeds 0-11: >= 0.914 and >= 0.840
+    # seeds 0-11: +0.102 .. +0.338 (seed 0: +0.266); the threshold sits just under the lowest seed (7: +0.102)
+    assert lfr["pgd@0.1"] > standard["pgd@0.1"] + 0.1
+    assert lfr["local_flatness"] < 0.5 * standard["local_flatness"]  # seeds 0-11: 0.150x .. 0.324x
 
 
 def test_torchattacks_pipeline_flat_region_examples_are_flatter_and_confidently_wrong(tmp_path):
     pytest.importorskip("flatplug_torchattacks")
     table = load("torchattacks_pipeline").main(["--fast", "--shared", str(shared_path()), "--out", str(tmp_path)])
     pgd, flat = table["torchattacks.PGD"], table["FlatRegionAttack"]
-    assert flat["robust"] <= pgd["robust"] + 0.05
-    assert flat["rel_flatness(adv)"] < 0.9 * pgd["rel_flatness(adv)"]  # measured 0.77x
-    assert flat["wrong_conf"] > pgd["wrong_conf"] + 0.05  # measured +0.14
+    assert flat["robust"] <= pgd["robust"] + 0.05  # seeds 0-5: equal on every seed
+    assert flat["rel_flatness(adv)"] < 0.9 * pgd["rel_flatness(adv)"]  # seeds 0-5: 0.766x .. 0.822x
+    assert flat["wrong_conf"] > pgd["wrong_conf"] + 0.05  # seeds 0-5: +0.079 .. +0.137
     assert (tmp_path / "pgd_trajectory.png").stat().st_size > 10_000

@@ -96,10 +96,24 @@ def test_every_model_builds_and_loads_its_checkpoint(zoo: ZooSource, raw: dict, 
         assert out.shape == (2, 10), name
 
 
-def test_module_loads_the_raw_checkpoint(zoo: ZooSource, manifest: Path, raw: dict) -> None:
+def test_module_loads_the_raw_checkpoint(zoo: ZooSource, manifest: Path, raw: dict, mnist200: LabeledImages) -> None:
+    """The loaded module holds the file's tensors under the file's keys, so ``module.load_state_dict(file)`` restores
+    it: scrambled weights come back to the same logits. Guards against a source that does not load the checkpoint
+    (or loads it under other keys) and a wrapper whose state_dict keys differ from the file's."""
     model = zoo.load("trades_smallcnn").module
     state = torch.load(manifest.parent / raw["trades_smallcnn"]["file"], weights_only=True)
+    got = model.state_dict()
+    assert set(got) == set(state) and all(torch.equal(got[k], state[k]) for k in state)
+    x = mnist200.x[:64]
+    with torch.no_grad():
+        before = model(x)
+        for p in model.parameters():
+            p.mul_(-0.5)
+        assert not torch.equal(model(x), before)
     model.load_state_dict(state, strict=True)  # keys are the manifest's layer indices
+    with torch.no_grad():
+        assert torch.equal(model(x), before)
+    assert float((before.argmax(1) == mnist200.y[:64]).float().mean()) > 0.9
 
 
 # -- clean accuracy on real test images ---------------------------------------------------------
