@@ -108,16 +108,20 @@ def test_inner_ascent_is_the_official_sign_ascent_sample_by_sample(batch):
     assert (got - x).abs().max() <= eps + 1e-15 and not torch.equal(got, x)
 
 
-def test_one_lfr_step_is_the_papers_objective(batch):
+@pytest.mark.parametrize("adversarial", [False, True])
+def test_one_lfr_step_is_the_papers_objective(batch, adversarial):
     """One LFR step with SGD (lr 1) moves the weights by minus the gradient of
     CE_train-mode(x) + lam * mean_i ||grad_x' CE_i(x'_i)||_1, x'_i the official ascent on image i alone and
     each norm computed on image i alone (eval mode, after the train-mode pass updated the running
-    statistics); the batch-norm buffers end as one train-mode pass over x leaves them."""
+    statistics); the batch-norm buffers end as the train-mode passes leave them. adversarial=True
+    (flatplug's extension) adds CE_train-mode(x_adv) for the attack's x_adv."""
     x, y = batch
     model = bn_cnn(2)
     ref = copy.deepcopy(model)
     eps, steps, lam = 0.1, 3, 0.7
-    method = LFR(eps=eps, steps=steps, lam=lam, random_start=False)
+    shift = lambda xs, ys: (xs + 0.05 * (ys.view(-1, 1, 1, 1) % 3 - 1)).clamp(0, 1)  # a fixed "attack"
+    method = LFR(eps=eps, steps=steps, lam=lam, random_start=False, adversarial=adversarial,
+                 attack=shift if adversarial else None)
     before = [p.detach().clone() for p in model.parameters()]
     model.train()
     method.step(model, x, y, torch.optim.SGD(model.parameters(), lr=1.0))
@@ -125,6 +129,8 @@ def test_one_lfr_step_is_the_papers_objective(batch):
     x_lf = torch.stack([official_sign_ascent(ref, x[i], y[i], eps, steps, 2.5 * eps / steps) for i in range(len(y))])
     ref.train()
     ce = F.cross_entropy(ref(x), y)
+    if adversarial:
+        ce = ce + F.cross_entropy(ref(shift(x, y)), y)
     reg = torch.stack([own_gradient_norm(ref, x_lf[i], y[i], create_graph=True) for i in range(len(y))]).mean()
     grads = torch.autograd.grad(ce + lam * reg, list(ref.parameters()))
     for p0, p1, g in zip(before, model.parameters(), grads):
@@ -164,7 +170,8 @@ def test_lfr_regulariser_follows_the_users_loss_and_reduction(batch):
 @pytest.mark.parametrize(
     "kwargs, match",
     [({"lam": -1.0}, "lam"), ({"q": 3}, "q: expected"), ({"steps": 0}, "steps"), ({"norm": "l1"}, "norm"),
-     ({"eps": math.nan}, "eps"), ({"pgd_steps": 0}, "pgd_steps"), ({"step_size": -0.1}, "step_size")],
+     ({"eps": math.nan}, "eps"), ({"pgd_steps": 0}, "pgd_steps"), ({"step_size": -0.1}, "step_size"),
+     ({"attack": lambda x, y: x}, "attack: only used")],
 )
 def test_lfr_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):

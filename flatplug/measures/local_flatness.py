@@ -132,14 +132,17 @@ def inputs_only(model) -> Iterator[None]:
 
 
 def gradient_norms(model, xp: torch.Tensor, y: torch.Tensor, loss_fn: LossFn, q: float,
-                   create_graph: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                   create_graph: bool, check: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """``(x', ||grad_x' l(x', y)||_q)`` per sample; differentiable w.r.t. ``x'`` (and the weights that
     require grad) when ``create_graph``. The gradient is of the sum of per-sample losses, so each
-    row is that sample's own gradient whenever samples do not interact (eval mode)."""
+    row is that sample's own gradient whenever samples do not interact (eval mode). ``check``:
+    validate the logits against the labels (skipped on repeat calls for the same batch: it reads
+    the labels back from the device)."""
     xp = xp.detach().requires_grad_(True)
     zeros = torch.zeros(y.shape[0], dtype=xp.dtype, device=xp.device)
     with torch.enable_grad():
-        losses = per_sample_loss(loss_fn, check_logits(model(xp), y), y)
+        logits = model(xp)
+        losses = per_sample_loss(loss_fn, check_logits(logits, y) if check else logits, y)
         if not losses.requires_grad:  # the loss does not depend on the inputs
             return xp, zeros
         (g,) = torch.autograd.grad(losses.sum(), xp, create_graph=create_graph, allow_unused=True)
@@ -169,9 +172,10 @@ def _ascend(model, x, y, *, eps, norm, q, steps, step_size, random_start, genera
     if random_start and eps > 0:
         xp = _project(x + random_start_point(x, START_FRACTION * eps, norm, generator), x, eps, norm)
     best_x = best = at_x = None
+    checked = False
     if keep_best and (xp is not x or steps == 0 or eps == 0):  # else x is the first point the loop evaluates
         _, at_x = gradient_norms(model, x, y, loss_fn, q, create_graph=False)
-        best_x, best = x, at_x.detach()
+        best_x, best, checked = x, at_x.detach(), True
     if eps == 0:
         return (x, best, best) if keep_best else (x, None, None)
 
@@ -186,7 +190,8 @@ def _ascend(model, x, y, *, eps, norm, q, steps, step_size, random_start, genera
         best_x = torch.where(better.view(view), point, best_x)
 
     for _ in range(steps):
-        xp_req, norms = gradient_norms(model, xp, y, loss_fn, q, create_graph=True)
+        xp_req, norms = gradient_norms(model, xp, y, loss_fn, q, create_graph=True, check=not checked)
+        checked = True
         if keep_best:
             keep(xp, norms)
         if not norms.requires_grad:  # the gradient norm is constant in x': no ascent direction
@@ -198,7 +203,7 @@ def _ascend(model, x, y, *, eps, norm, q, steps, step_size, random_start, genera
         xp = _project(xp + ascent_step(direction, step, norm), x, eps, norm)
     else:
         if keep_best and steps > 0:
-            _, norms = gradient_norms(model, xp, y, loss_fn, q, create_graph=False)
+            _, norms = gradient_norms(model, xp, y, loss_fn, q, create_graph=False, check=False)
             keep(xp, norms)
     if not keep_best:
         return xp.detach(), None, None

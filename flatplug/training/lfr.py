@@ -12,11 +12,12 @@ The paper trains ``min_theta E[ l(x, y) + lam * LF(x) ]`` with ``LF(x) = max_{x'
    (``reduce`` is the objective's own reduction: mean by default), differentiated w.r.t. the
    weights through the input gradient (double backprop). The cross-entropy term runs in train
    mode, as in standard training (batch-norm statistics update from the clean batch); the
-   regulariser runs in eval mode, so each sample's term is its own input-gradient norm, the value
-   computed for that sample alone, and equals what the ``local_flatness`` measure evaluates at
-   ``x'`` (in train mode, batch norm couples the samples: one image's "gradient" then depends on
-   the rest of the batch; on the BN network of ``tests/test_lfr.py``, 17.8 in a batch of 12
-   against 0.73 alone).
+   regulariser runs afterwards in eval mode (with the running statistics that update left), so
+   each sample's term is its own input-gradient norm, the value computed for that sample alone,
+   and equals what the ``local_flatness`` measure evaluates at ``x'`` (in train mode, batch norm
+   couples the samples: one image's "gradient" then depends on the rest of the batch; on the BN
+   network of ``tests/test_lfr.py``, 17.8 in a batch of 12 against 0.73 alone). With
+   ``set_loss(loss_fn, reduction="sum")`` both terms are summed, so ``lam`` keeps its meaning.
 
 Relation to the official code (github.com/Uooga/Local-Flatness-Regularization,
 ``loss_function/LFR_loss.py``): the same sign ascent on the L1 norm (q = 1, linf ball) in eval mode,
@@ -31,6 +32,11 @@ code only has linf).
 
 ``adversarial=True`` is flatplug's extension, not the paper's objective: it adds the objective on
 a PGD example, ``CE(x) + CE(x_adv) + lam * LFR``, combining LFR with PGD adversarial training.
+
+Cost: one step is ``steps`` double-backward inner steps plus one double-backward outer pass, the
+official algorithm's count; the inner steps run with the weights' ``requires_grad`` off and the
+outer backward fills only the optimizer's parameters (``benchmarks/training_steps.py`` compares
+it with a re-implementation of the official step).
 """
 
 from __future__ import annotations
@@ -88,6 +94,8 @@ class LFR(TrainingMethod):
             raise ValueError(f"steps: expected at least 1 inner ascent step, got {steps}")
         if isinstance(pgd_steps, bool) or not isinstance(pgd_steps, int) or pgd_steps < 1:
             raise ValueError(f"pgd_steps: expected a positive integer number of PGD steps, got {pgd_steps!r}")
+        if attack is not None and not adversarial:
+            raise ValueError("attack: only used for the PGD term of adversarial=True; pass adversarial=True or drop attack")
         self.eps, self.lam, self.q, self.norm = eps, lam, q_label(qf), norm
         self.steps, self.step_size, self.random_start = steps, step_size, bool(random_start)
         self.adversarial, self.pgd_steps, self.attack = bool(adversarial), pgd_steps, attack
@@ -107,6 +115,8 @@ class LFR(TrainingMethod):
         if x_adv is not None:
             loss = loss + self.objective(model(x_adv), y)
         loss = loss + self.lam * lfr_regularizer(model, x_lf, y, q=self.q, norm=self.norm, method=self)
-        loss.backward()
+        # gradients for what the optimizer steps only (not for x', a leaf of the regulariser's graph)
+        stepped = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
+        loss.backward(inputs=stepped or None)
         optimizer.step()
         return StepResult(float(loss.detach()), logits.detach())
