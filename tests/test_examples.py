@@ -235,18 +235,26 @@ def test_lfr_and_pgd_at_are_robust_and_lfr_is_flat(lfr):
     rows = {r["method"]: r for r in res["rows"]}
     assert set(rows) == {"standard", "lfr", "pgd-at"}
     std, lf, at = rows["standard"], rows["lfr"], rows["pgd-at"]
-    # measured PGD-20 accuracy at eps 0.1 (seeds 0, 1, 2, 3):
-    #   standard 0.202 / 0.308 / 0.260 / 0.221, LFR 0.685 / 0.673 / 0.733 / 0.671,
-    #   PGD-AT 0.766 / 0.814 / 0.823 / 0.640
+    # measured PGD-20 accuracy at eps 0.1 (seeds 0, 1, 2, 3; LFR with the library's lam 0.02):
+    #   standard 0.205 / 0.303 / 0.258 / 0.218, LFR 0.715 / 0.720 / 0.724 / 0.667,
+    #   PGD-AT 0.760 / 0.804 / 0.823 / 0.637
     assert lf["pgd_acc"] - std["pgd_acc"] >= 0.2
     assert at["pgd_acc"] - std["pgd_acc"] >= 0.2
-    # local flatness (lower is flatter): standard 99.0 / 87.3 / 88.0 / 103.3, LFR 10.0 / 11.0 / 8.8 / 10.5
+    # local flatness (lower is flatter): standard 98.8 / 88.0 / 87.5 / 103.8, LFR 12.8 / 15.3 / 11.5 / 14.9
     assert lf["local_flatness"] <= 0.4 * std["local_flatness"]
-    # clean accuracy stays useful (measured >= 0.865 for every method and seed)
+    # clean accuracy stays useful (measured >= 0.854 for every method and seed)
     for r in rows.values():
         assert r["clean_acc"] >= 0.8
+        assert r["q"] == 1  # the dual norm of the L-inf ball, by default
         # local flatness is a maximum over the ball, never below the gradient norm at x
         assert r["local_flatness"] >= r["grad_norm_at_x"] * (1 - 1e-6)
+        # the paper's first-order bound l(x + delta) - l(x) <= eps * LF(x) on real attacks: it held for
+        # every image, model, attack and seed measured (fraction 1.000); the gradient at x alone (a
+        # linearisation) bounded the increase for only 0.035-0.43 of them, so the max over the ball matters
+        for attack, b in r["first_order_bound"].items():
+            assert b["n"] == 200
+            assert b["fraction"] >= 0.95, (r["method"], attack, b)
+            assert b["fraction_linear"] <= 0.6, (r["method"], attack, b)
     assert (out / "lfr_defence.png").stat().st_size > 10_000
 
 
