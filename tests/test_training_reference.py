@@ -129,21 +129,15 @@ def input_grad_norms(model, w, xp, y, q, create_graph):
 
 
 def lfr_point_by_hand(model, w, x, y, *, eps, norm, q, steps, step_size):
-    """The point of the ball with the largest ||grad_x l||_q seen by projected ascent on that norm (Xu et al.)."""
-    best_x = x.clone()
-    best = input_grad_norms(model, w, x, y, q, create_graph=False)
+    """The last iterate of projected ascent on ||grad_x l||_q from a random start within 0.1 eps: the official
+    LFR code's inner maximisation (Uooga/Local-Flatness-Regularization, ``LFR_loss.py``), which keeps no best point."""
     xp = project(x, random_point(x, 0.1 * eps, norm), eps, norm)
-    for k in range(steps + 1):
+    for _ in range(steps):
         xr = xp.detach().requires_grad_(True)
         norms = input_grad_norms(model, w, xr, y, q, create_graph=True)
-        better = norms.detach() > best
-        best = torch.where(better, norms.detach(), best)
-        best_x = torch.where(better[:, None], xr.detach(), best_x)
-        if k == steps:
-            break
         (direction,) = torch.autograd.grad(norms.sum(), xr)
         xp = project(x, xr.detach() + step_towards(direction, step_size, norm), eps, norm)
-    return best_x
+    return xp.detach()
 
 
 # -- the tests ----------------------------------------------------------------------------------------------------
@@ -236,7 +230,8 @@ def test_awp_step(gamma):
 
 @pytest.mark.parametrize("norm, q, adversarial", [("linf", 1, False), ("l2", 2, False), ("linf", 1, True)])
 def test_lfr_step(norm, q, adversarial):
-    """LFR's inner maximiser (hand-written projected ascent on ||grad_x l||_q from a random start within 0.1 eps)
+    """LFR's inner maximiser (hand-written projected ascent on ||grad_x l||_q from a random start within 0.1 eps,
+    last iterate)
     and its regulariser lam * mean_i ||grad_x l(x'_i)||_q, differentiated through the input gradient. Guards
     against an inner search that steps downhill or stands still, a regulariser taken at x instead of x', a
     regulariser detached from the weights (no double backprop: checked far from the reference), the wrong q, and
