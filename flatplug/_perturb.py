@@ -100,7 +100,7 @@ def adversarial_attack(spec: Mapping[str, Any] | None, loss_fn: LossFn) -> tuple
     if "eps" not in spec:
         raise ValueError("adversarial: 'eps' (the attack's radius) is required, e.g. adversarial={'eps': 8/255}")
     settings = {**ADVERSARIAL_DEFAULTS, **spec}
-    check_positive(settings["eps"], "adversarial eps")
+    check_positive(settings["eps"], "adversarial eps", allow_zero=True)
     check_choice(settings["norm"], "adversarial norm", NORMS)
     steps = settings["steps"]
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
