@@ -320,3 +320,46 @@ def test_adversarial_worst_sharpness_equals_brute_force_on_the_closed_form():
     assert m.value == pytest.approx(brute, rel=1e-3)
     clean = float(F.softplus(-(s * (ws @ x.T + bs))).mean(1).max() - F.softplus(-(s * (x @ w + b))).mean())
     assert abs(clean - brute) > 0.01 * brute, (clean, brute)  # 1.7%: 17x the tolerance above
+
+
+def test_adversarial_average_sharpness_matches_the_closed_form_hessian_trace():
+    """Average-case robust sharpness with Gaussian eps ~ N(0, rho^2 I) in (w1, w2, b): E[R(w + eps)] - R(w)
+    = rho^2 / 2 Tr(H_R) + O(rho^4) (odd terms vanish), H_R the Hessian of the closed-form robust loss,
+    here by autograd. The frozen-example loss has a smaller trace (no curvature from eps ||w||), so the
+    test tells re-optimised from frozen adversarial examples apart."""
+    x, y = mnist_two_features()
+    s = 2.0 * y.double() - 1.0
+    eps = 0.3
+
+    def robust(t):
+        return F.softplus(-(s * (x @ t[:2] + t[2]) - eps * t[:2].norm())).mean()
+
+    # at the adversarially trained weights (the minimiser of R) the first-order term's noise vanishes
+    theta = torch.tensor([5.0, -20.0, 2.0], dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([theta], max_iter=200, tolerance_grad=1e-12, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = robust(theta)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    theta = theta.detach()
+    w, b = theta[:2], float(theta[2])
+    model = LinearLogit(w, b)
+    adv = {"eps": eps, "norm": "l2", "clip": None, "random_start": False, "steps": 5, "step_size": eps}
+    rho, n = 0.5, 400
+    m = sharpness(model, (x, y), rho=rho, kind="average", adaptive=False, samples=n, adversarial=adv, quiet=True)
+
+    x_frozen = x - eps * s[:, None] * (w / w.norm())
+
+    def frozen(t):
+        return F.softplus(-(s * (x_frozen @ t[:2] + t[2]))).mean()
+
+    h = torch.autograd.functional.hessian(robust, theta)
+    expected = rho**2 / 2 * float(torch.trace(h))
+    frozen_expected = rho**2 / 2 * float(torch.trace(torch.autograd.functional.hessian(frozen, theta)))
+    se = m.details["std_error"]
+    assert abs(m.value - expected) < 5 * se, (m.value, expected, se)
+    assert abs(frozen_expected - expected) > 10 * se, (frozen_expected, expected, se)
