@@ -35,14 +35,15 @@ def _supported_class(loss) -> type | None:
     return None
 
 
-def _weighted_mean_scale(loss, y: torch.Tensor) -> torch.Tensor | None:
+def _weighted_mean_scale(loss, y: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
     """``N / sum_i w[y_i]`` over the non-ignored samples, or None when torch's mean is the plain mean."""
     weight = getattr(loss, "weight", None)
     ignore = getattr(loss, "ignore_index", None)
     ignored = ignore is not None and bool((y == ignore).any())
     if weight is None and not ignored:
         return None
-    w = torch.ones(y.shape[0], device=y.device) if weight is None else weight.to(y.device)[y.clamp_min(0)]
+    w = (torch.ones(y.shape[0], device=y.device, dtype=dtype) if weight is None
+         else weight.to(device=y.device, dtype=dtype)[y.clamp_min(0)])
     if ignore is not None:
         w = w * (y != ignore)
     return y.shape[0] / w.sum()
@@ -74,9 +75,9 @@ def per_sample_form(loss) -> tuple[LossFn, str]:
         else:
             out = F.multi_margin_loss(logits, y, p=loss.p, margin=loss.margin, weight=weight, reduction="none")
         if reduction == "mean" and cls is not nn.MultiMarginLoss:
-            scale = _weighted_mean_scale(loss, y)
+            scale = _weighted_mean_scale(loss, y, out.dtype)
             if scale is not None:
-                out = out * scale.to(out.dtype)
+                out = out * scale
         return out
 
     loss_fn.__name__ = f"per_sample_{type(loss).__name__}"
