@@ -65,7 +65,19 @@ def per_sample_form(loss) -> tuple[LossFn, str]:
             "train it either); build it with reduction='mean' or 'sum'"
         )
 
-    def loss_fn(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    loss_fn = PerSampleLoss(loss, cls)
+    _check(loss, loss_fn, reduction)
+    return loss_fn, reduction
+
+
+class PerSampleLoss:
+    """``loss``'s per-sample values (a picklable callable, so classifiers holding it pickle as ART's do)."""
+
+    def __init__(self, loss, cls: type):
+        self.loss, self.cls = loss, cls
+
+    def __call__(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        loss, cls = self.loss, self.cls
         weight = None if loss.weight is None else loss.weight.to(device=logits.device, dtype=logits.dtype)
         if cls is nn.CrossEntropyLoss:
             out = F.cross_entropy(logits, y, weight=weight, ignore_index=loss.ignore_index, reduction="none",
@@ -74,15 +86,14 @@ def per_sample_form(loss) -> tuple[LossFn, str]:
             out = F.nll_loss(logits, y, weight=weight, ignore_index=loss.ignore_index, reduction="none")
         else:
             out = F.multi_margin_loss(logits, y, p=loss.p, margin=loss.margin, weight=weight, reduction="none")
-        if reduction == "mean" and cls is not nn.MultiMarginLoss:
+        if loss.reduction == "mean" and cls is not nn.MultiMarginLoss:
             scale = _weighted_mean_scale(loss, y, out.dtype)
             if scale is not None:
                 out = out * scale
         return out
 
-    loss_fn.__name__ = f"per_sample_{type(loss).__name__}"
-    _check(loss, loss_fn, reduction)
-    return loss_fn, reduction
+    def __repr__(self) -> str:
+        return f"PerSampleLoss({self.loss!r})"
 
 
 def _check(loss, loss_fn: LossFn, reduction: str) -> None:
