@@ -6,7 +6,8 @@ at eps = 0.1 (10 steps). Measured on this setup (seeds 0 / 1 / 2 / 3 / 4; the te
 
 * standard training (ART's ``fit``):  0.474 / 0.552 / 0.490 / 0.402 / 0.566
 * ``FlatPyTorchClassifier(method="sam")`` in ART's ``AdversarialTrainer`` (ART PGD, 5 steps), seeds 0-2:
-  0.748 / 0.748 / 0.744  (+0.20 to +0.27)
+  0.722 / 0.750 / 0.738 against standard 0.474 / 0.552 / 0.490 (+0.20 to +0.25; measured with the
+  torch-DataLoader shuffling of this release, script in notes/ecosystem.md)
 
 The tests assert a margin of +0.08 over the standard baseline. Every trainer's defaults are
 tested in ``test_art_defaults.py``.
