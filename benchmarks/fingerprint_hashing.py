@@ -33,10 +33,9 @@ GOAL_SECONDS = 5.0  # "a few seconds"
 
 def _fresh_caches(folder: Path) -> None:
     """Empty the in-memory and on-disk fingerprint caches (the on-disk one lives in FLATPLUG_CACHE)."""
-    from flatplug.sources import fingerprint
+    from flatplug.sources.fingerprint import clear_cache
 
-    fingerprint._MEMORY.clear()
-    (folder / "fingerprints.json").unlink(missing_ok=True)
+    clear_cache(disk=True)
 
 
 def _checkpoint(folder: Path, megabytes: int) -> tuple[Path, nn.Module]:
@@ -91,11 +90,9 @@ def main(argv=None) -> None:
     sample("checkpoint sha256 (cached)", lambda: file_sha256(ckpt))
     _fresh_caches(folder)
     file_sha256(ckpt)
-    from flatplug.sources import fingerprint
+    from flatplug.sources.fingerprint import clear_cache
 
-    fingerprint._MEMORY.clear()
-    sample("checkpoint sha256 (disk cache, new process)", lambda: file_sha256(ckpt),
-           lambda: fingerprint._MEMORY.clear())
+    sample("checkpoint sha256 (disk cache, new process)", lambda: file_sha256(ckpt), clear_cache)
     sample("torch.load of the checkpoint", lambda: torch.load(ckpt, weights_only=True))
     sample("module fingerprint (in-memory model)", lambda: module_fingerprint(model))
     print(C.table(C.TIME_HEADERS, rows))

@@ -113,8 +113,10 @@ def test_ctrl_c_says_what_was_saved_and_exits_130(paths, tmp_path):
     store = tmp_path / "r.db"
     args = _replace(_zoo_args(paths, store, "--measures", "hessian_trace:probes=200:tol=0", "--steps", "3"),
                     ["--models", "marabou_small,oval_base,oval_wide,resnet2b", "--n", "32"])
+    # a shell's background job inherits an ignored SIGINT; a user's terminal does not: restore the default
     proc = subprocess.Popen([sys.executable, "-m", "flatplug", *args], cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
         try:
@@ -125,7 +127,11 @@ def test_ctrl_c_says_what_was_saved_and_exits_130(paths, tmp_path):
             pass
         time.sleep(0.1)
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=120)
+    try:
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
     assert proc.returncode == 130, err
     with Store(store, readonly=True) as db:
         saved = len(db)
@@ -168,6 +174,11 @@ def test_progress_bars_name_the_model_and_the_measure_on_a_terminal(paths, tmp_p
     args = [a for a in _zoo_args(paths, tmp_path / "r.db", "--measures", "relative_flatness", "--steps", "1")
             if a != "--quiet"]
     leader, follower = pty.openpty()
+    import fcntl
+    import struct
+    import termios
+
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))  # a terminal 160 columns wide
     proc = subprocess.Popen([sys.executable, "-m", "flatplug", *args], cwd=tmp_path, stdout=subprocess.PIPE,
                             stderr=follower, text=False)
     os.close(follower)
@@ -190,3 +201,20 @@ def test_progress_bars_name_the_model_and_the_measure_on_a_terminal(paths, tmp_p
     assert proc.returncode == 0, shown[-2000:]
     assert "models" in shown and "marabou_small" in shown
     assert "measure relative_flatness" in shown or "attack pgd" in shown, shown[-2000:]
+
+
+def test_the_first_demo_run_says_it_trains_the_demo_zoo_and_how_long(tmp_path, monkeypatch, capsys):
+    """Guards against a first `make demo` that sits silent while it trains eight models (issue 11)."""
+    import pandas as pd
+
+    import flatplug.scoring as scoring
+    from flatplug.cli.score import DEMO_TRAIN_SECONDS
+    from flatplug.store import COLUMNS
+
+    monkeypatch.setenv("FLATPLUG_CACHE", str(tmp_path / "empty-cache"))
+    calls = []
+    monkeypatch.setattr(scoring, "score", lambda *a, **kw: calls.append(kw) or pd.DataFrame(columns=list(COLUMNS)))
+    assert main(["score", "--no-report", "--quiet", "--store", str(tmp_path / "d.db")]) == 0
+    err = capsys.readouterr().err
+    assert f"training the demo zoo: 8 small CNNs on scikit-learn's digits, about {8 * DEMO_TRAIN_SECONDS} s" in err
+    assert calls and calls[0]["store"] == str(tmp_path / "d.db")

@@ -217,6 +217,10 @@ def provenance(rows) -> list[tuple[str, list[tuple[str, str]]]]:
                             for n, p, v in zip(part["name"], part["params"], part["impl_version"])})
             if found:
                 items.append((label, "; ".join(found)))
+            if kind == "attack":  # every setting the attack ran with, its constructor's defaults included
+                full = sorted({d["attack"] for d in part["details"] if isinstance(d, dict) and d.get("attack")})
+                if full:
+                    items.append(("attacks as run", "; ".join(full)))
         devices = sorted({str(d) for d in sub["device"] if isinstance(d, str) and d})
         items.append(("device", ", ".join(devices) if devices else "not recorded"))
         versions: dict[str, set[str]] = {}

@@ -183,6 +183,13 @@ class TensorData:
     def load(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.x, self.y
 
+    def __getitem__(self, index: int) -> Any:
+        """``data[0]``, ``data[1]``, ``data[2]``: the name, images and labels, as the ``(name, x, y)`` tuple it replaces."""
+        return (self.key, self.x, self.y)[index]
+
+    def __len__(self) -> int:
+        return 3
+
     def fingerprint(self) -> str:
         if self._fingerprint is None:
             self._fingerprint = data_fingerprint(self.x, self.y)

@@ -101,7 +101,7 @@ class DemoSource:
         return model
 
     def missing(self) -> list[str]:
-        """The demo models not trained yet (their first use trains them, about 2-3 s each on 2 CPU cores)."""
+        """The demo models not trained yet (their first use trains them, 4 to 8 s of CPU time each)."""
         return [name for name in RECIPES if not self.path(name).is_file()]
 
     def _checkpoint(self, name: str) -> Path:

@@ -26,7 +26,7 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
-__all__ = ["combine", "data_fingerprint", "file_sha256", "files_fingerprint", "module_fingerprint",
+__all__ = ["clear_cache", "combine", "data_fingerprint", "file_sha256", "files_fingerprint", "module_fingerprint",
            "tensor_digest"]
 
 _CHUNK = 8 << 20
@@ -63,6 +63,17 @@ def _save_disk(key: str, digest: str) -> None:
         tmp.replace(path)
     except OSError:
         pass
+
+
+def clear_cache(*, disk: bool = False) -> None:
+    """Forget the file digests this process computed (and, with ``disk=True``, the on-disk cache)."""
+    with _LOCK:
+        _MEMORY.clear()
+    if disk:
+        try:
+            _cache_file().unlink()
+        except OSError:
+            pass
 
 
 def file_sha256(path: str | os.PathLike) -> str:
