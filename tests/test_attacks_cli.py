@@ -105,4 +105,6 @@ def test_autoattack_version_is_selectable_and_robustbench_defaults_to_standard()
     assert settings["version"] == "rand" and settings["n_classes"] == 10
     args = argparse.Namespace(attack=None, eps=None, steps=None, norm=None, attack_option=[])
     assert _attacks(args, "robustbench") == [{"name": "autoattack", "version": "standard", "eps": EPS}]
+    assert _attacks(args, "robustbench", {"threat_model": "L2"}) == [  # RobustBench's L2 leaderboard
+        {"name": "autoattack", "version": "standard", "eps": 0.5, "norm": "l2"}]
     assert SOURCE_ATTACKS["robustbench"][0]["version"] == "standard"

@@ -131,7 +131,12 @@ def _models(args: argparse.Namespace, source_name: str, source: Any) -> list[str
     return list(dict.fromkeys(names))
 
 
-def _attacks(args: argparse.Namespace, source_name: str) -> list[dict[str, Any]]:
+#: RobustBench's radii per threat model (its leaderboards' own)
+ROBUSTBENCH_EPS = {"Linf": 8 / 255, "L2": 0.5}
+
+
+def _attacks(args: argparse.Namespace, source_name: str,
+             options: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     from ..scoring import attack_parameters, parse_eps
 
     if args.attack:
@@ -142,12 +147,16 @@ def _attacks(args: argparse.Namespace, source_name: str) -> list[dict[str, Any]]
             raise UsageError(f"the default attack for --source {source_name} is AutoAttack (RobustBench's own "
                              "evaluation), registered by the torchattacks adapter: pip install -e adapters/torchattacks,"
                              " or pass another --attack (e.g. --attack pgd)")
-    eps = parse_eps(args.eps) if args.eps is not None else (DEMO_EPS if source_name == "demo" else 8 / 255)
+    threat = str((options or {}).get("threat_model") or "Linf")
+    default_eps = DEMO_EPS if source_name == "demo" else ROBUSTBENCH_EPS.get(threat, 8 / 255)
+    eps = parse_eps(args.eps) if args.eps is not None else default_eps
     norm = None
     if args.norm is not None:
         norm = NORMS.get(args.norm.lower())
         if norm is None:
             raise UsageError(f"--norm: expected Linf or L2, got {args.norm!r}")
+    elif source_name == "robustbench" and threat == "L2" and not args.attack:
+        norm = "l2"  # RobustBench's L2 leaderboard: AutoAttack in L2 at eps 0.5
     options = _pairs(args.attack_option, "--attack-option")
     accepted_any: dict[str, bool] = {k: False for k, _ in options}
     steps_taken = False
@@ -194,7 +203,7 @@ def preflight(args: argparse.Namespace) -> Plan:
         raise UsageError("--dataset is needed for this source (digits, mnist, imagefolder, ...); "
                          f"registered datasets: {', '.join(plugins.list_plugins('datasets'))}")
     plugins.get("datasets", dataset)  # unknown names fail with the closest match
-    attacks = resolve_attacks(_attacks(args, name))
+    attacks = resolve_attacks(_attacks(args, name, options))
     for spec in attacks:
         check_attack(spec)
     measures = parse_measures(args.measures)

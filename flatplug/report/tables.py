@@ -17,8 +17,9 @@ def summary_table(frame, *, superseded: bool = False):
     that differs between the attack's runs); ``<measure>`` or, when a measure was run with several
     settings, ``<measure>[<the settings that differ>]``; ``gradient_masking`` (1.0: flagged, 0.0: checked
     and not flagged, see :mod:`flatplug.scoring.masking`; only when the rows carry the check).
-    ``failures`` lists what failed with the first line of its error ("" when nothing failed); a failed result's own cell is NaN. ``frame`` is ``Store.to_dataframe()``
-    (or a :class:`Store`, or the path of one). ``table.attrs["columns"]`` maps each value column to
+    ``failures`` lists what failed with the first line of its error ("" when nothing failed); a failed
+    result's own cell is NaN. ``frame`` is ``Store.to_dataframe()`` (or a :class:`Store`, or the path of
+    one). ``table.attrs["columns"]`` maps each value column to
     its ``kind``, ``name`` and ``params``; ``table.attrs["fingerprints"]`` maps ``(model, source,
     dataset)`` to the model's and the data's fingerprints. A model scored with several weights under
     one name shows its newest weights; ``superseded=True`` adds the older ones as rows named
