@@ -185,7 +185,7 @@ def test_example_plugin_measures_get_what_builtins_get(tmp_path):
                      store=tmp_path / "s.db", device="cpu", quiet=True).set_index("name")
     assert (frame["status"] == "ok").all(), frame["error"].tolist()
     model = ZooSource(zoo).load("oval_base").module
-    weights = sum(float((p.double() ** 2).sum()) for p in model.parameters() if p.dim() >= 2)
+    weights = sum(float((p.detach().double() ** 2).sum()) for p in model.parameters() if p.dim() >= 2)
     assert frame.loc["weight_norm_sq", "value"] == pytest.approx(weights, rel=1e-6)
     assert frame.loc["weight_norm_sq", "impl_version"] == "example:2"
     assert json_params(frame.loc["first_order_gain", "params"]) == {"eps": 4 / 255, "norm": "linf"}
