@@ -1,8 +1,8 @@
 """Content fingerprints: what a stored result was computed from, as SHA-256 hex digests.
 
 * :func:`file_sha256`: a file's bytes (``sha256sum`` gives the same digest), cached by
-  (resolved path, size, mtime) in memory and in ``$FLATPLUG_CACHE/fingerprints.json``, so a
-  150 MB checkpoint is read once, not on every run;
+  (resolved path, size, mtime, ctime, inode) in memory and in ``$FLATPLUG_CACHE/fingerprints.json``,
+  so a 150 MB checkpoint is read once, not on every run;
 * :func:`data_fingerprint`: the selected samples themselves (the bytes of the float images as
   they reach the model, their shape and dtype, and the labels), so two archives of the same name
   with other images, or another subset, never share a fingerprint;
@@ -30,7 +30,7 @@ __all__ = ["clear_cache", "combine", "data_fingerprint", "file_sha256", "files_f
            "tensor_digest"]
 
 _CHUNK = 8 << 20
-_MEMORY: "OrderedDict[tuple[str, int, int], str]" = OrderedDict()
+_MEMORY: "OrderedDict[tuple[str, int, int, int, int], str]" = OrderedDict()
 _MEMORY_LIMIT = 4096
 _LOCK = threading.Lock()
 
@@ -77,11 +77,11 @@ def clear_cache(*, disk: bool = False) -> None:
 
 
 def file_sha256(path: str | os.PathLike) -> str:
-    """SHA-256 of a file's bytes, cached by (resolved path, size, mtime in ns)."""
+    """SHA-256 of a file's bytes, cached by (resolved path, size, mtime, ctime, inode)."""
     p = Path(path).resolve()
     st = p.stat()
-    key = (str(p), st.st_size, st.st_mtime_ns)
-    text_key = f"{key[0]}|{key[1]}|{key[2]}"
+    key = (str(p), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)  # ctime and inode: a rewrite shows
+    text_key = "|".join(map(str, key))
     with _LOCK:
         if key in _MEMORY:
             _MEMORY.move_to_end(key)
