@@ -207,6 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", default="flatplug-results.db")
     p.add_argument("--out", required=True, help="a .csv or .parquet file")
     p.set_defaults(func=_cmd_export)
+    from .leaderboard.cli import add_parser as add_leaderboard_parser  # flatplug leaderboard (issue 15)
+
+    add_leaderboard_parser(sub)
     return parser
 
 
