@@ -24,8 +24,11 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--markdown", default="docs/leaderboard.md", help="the leaderboard tables (default docs/leaderboard.md)")
     p.add_argument("--out", default="docs/leaderboard", help="HTML report, CSV and Parquet (default docs/leaderboard)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--executor", default="local", help="local (default) or a registered executor such as ray")
-    p.add_argument("--address", help="cluster address for --executor ray")
+    p.add_argument("--executor", default="local",
+                   help="local (default) or a registered executor such as ray; a GPU cluster driven from a CPU "
+                        "machine also needs --n all --aa standard")
+    p.add_argument("--address", help="cluster address for --executor ray (auto: the running cluster; without it "
+                                      "each of the run's scoring calls starts and stops a local Ray)")
     p.add_argument("--executor-option", action="append", default=[], metavar="KEY=VALUE",
                    help="executor option, e.g. num_gpus_per_task=0.25 (repeatable)")
     p.add_argument("--aa", default="auto", choices=("auto", "standard", "plus", "rand", "lite"),
