@@ -43,9 +43,10 @@ def leaderboard(*, shared: str | os.PathLike = "../shared", models: list[str] | 
     """Score the zoo (resuming from ``store``) and write the leaderboard; returns the written paths.
 
     ``n``: ``"auto"`` (full test sets on a GPU, :data:`CPU_N` images per dataset on the CPU), ``None``
-    (full test sets) or a number of class-balanced images. ``aa``: ``"auto"`` (the standard AutoAttack on
-    a GPU, AA-lite on the CPU), ``"standard"``, ``"plus"``, ``"rand"`` or ``"lite"`` (see :mod:`.plan`). ``executor``: ``"local"`` or ``"ray"``
-    (``executor_options`` such as ``address`` or ``num_gpus_per_task`` pass through to it).
+    (full test sets) or a number of class-balanced images. ``aa``: ``"auto"`` (the standard AutoAttack
+    on a GPU, AA-lite on the CPU), ``"standard"``, ``"plus"``, ``"rand"`` or ``"lite"`` (see
+    :mod:`.plan`). ``executor``: ``"local"`` or ``"ray"`` (``executor_options`` such as ``address``
+    or ``num_gpus_per_task`` pass through to it).
     """
     import json
 

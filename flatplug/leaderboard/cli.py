@@ -21,7 +21,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                         "all, or a number (class-balanced, seed 0)")
     p.add_argument("--store", default=DEFAULT_STORE, help=f"results store; a rerun skips what is in it "
                                                           f"(default {DEFAULT_STORE})")
-    p.add_argument("--markdown", default="docs/leaderboard.md", help="the leaderboard tables (default docs/leaderboard.md)")
+    p.add_argument("--markdown", default="docs/leaderboard.md",
+                   help="the leaderboard tables (default docs/leaderboard.md)")
     p.add_argument("--out", default="docs/leaderboard", help="HTML report, CSV and Parquet (default docs/leaderboard)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--executor", default="local",

@@ -33,7 +33,8 @@ MEASURE_COLUMNS: dict[str, tuple[str, Any]] = {
     "sharpness_robust": ("sharpness", robust_sharpness),
 }
 #: every measure column of the table, in display order (the median is computed by the run)
-MEASURES = ["relative_flatness_mean", "relative_flatness_median", *[c for c in MEASURE_COLUMNS if c != "relative_flatness_mean"]]
+MEASURES = ["relative_flatness_mean", "relative_flatness_median",
+            *[c for c in MEASURE_COLUMNS if c != "relative_flatness_mean"]]
 
 
 def standard_error(p: float, n: int | None) -> float:
@@ -103,6 +104,21 @@ def _lowest(index, model: str, keys: dict[str, tuple[str, str, str]], errors: li
     return value, seconds, ", ".join(parts)
 
 
+def published_columns(published: dict[str, Any], model: str, tm: ThreatModel, clean: float,
+                      aa: float) -> dict[str, Any]:
+    """The published clean and robust figures of ``model`` at ``tm``, ours minus theirs, the other eps
+    it was evaluated at, and its status ("not published", "not retrieved") when it has none."""
+    clean_pub = entries_at(published, model, None, None)
+    here = entries_at(published, model, tm.norm, tm.eps)
+    robust_pub = best_robust(here)
+    elsewhere = {e.eps_text for e in published.get(model, {}).get("entries", [])
+                 if e.kind != "clean" and e.norm == tm.norm} - {e.eps_text for e in here}
+    return {"published_clean": clean_pub[0] if clean_pub else None,
+            "clean_minus_published": difference(clean, clean_pub[0] if clean_pub else None),
+            "published_robust": robust_pub, "autoattack_minus_published": difference(aa, robust_pub),
+            "published_other_eps": ", ".join(sorted(elsewhere)), "published_status": status_text(published, model)}
+
+
 def build_table(plan: Plan, frame, medians: dict[tuple[str, str], float], published: dict[str, Any],
                 zoo: dict[str, dict[str, Any]]):
     """The leaderboard as a DataFrame (one row per threat model and model), sorted within each threat model."""
@@ -110,7 +126,7 @@ def build_table(plan: Plan, frame, medians: dict[tuple[str, str], float], publis
 
     index = _index(frame)
     records = []
-    for tm in plan.active():
+    for order, tm in enumerate(plan.active()):
         keys = {"clean": ("accuracy", "clean", canonical_params({})), "pgd": attack_key(pgd_attack(tm))}
         aa_keys = {spec["name"]: attack_key(spec) for spec in autoattack(tm, plan.aa)}
         for col, (name, params) in MEASURE_COLUMNS.items():
@@ -118,7 +134,7 @@ def build_table(plan: Plan, frame, medians: dict[tuple[str, str], float], publis
                 continue
             keys[col] = measure_key(tm, name, params(tm))
         for model in plan.models_at(tm):
-            rec: dict[str, Any] = {"dataset": tm.dataset, "threat_model": tm.label, "norm": tm.norm,
+            rec: dict[str, Any] = {"_order": order, "dataset": tm.dataset, "threat_model": tm.label, "norm": tm.norm,
                                    "eps": tm.eps, "eps_text": tm.eps_text, "model": model,
                                    "training": zoo[model].get("training", ""), "source": zoo[model].get("source", "")}
             errors = []
@@ -137,23 +153,12 @@ def build_table(plan: Plan, frame, medians: dict[tuple[str, str], float], publis
             rec["relative_flatness_median"] = medians.get((tm.dataset, model), math.nan)
             rec["pgd_minus_aa"] = rec["pgd"] - rec["autoattack"]
             rec["masking"] = masking(rec["pgd"], rec["autoattack"], n)
-            clean_pub = entries_at(published, model, None, None)
-            rec["published_clean"] = clean_pub[0] if clean_pub else None
-            rec["clean_minus_published"] = difference(rec["clean"], rec["published_clean"])
-            robust_pub = best_robust(entries_at(published, model, tm.norm, tm.eps))
-            rec["published_robust"] = robust_pub
-            rec["autoattack_minus_published"] = difference(rec["autoattack"], robust_pub)
-            rec["published_other_eps"] = ", ".join(sorted({e.eps_text for e in published.get(model, {}).get("entries", [])
-                                                           if e.kind != "clean" and e.norm == tm.norm}
-                                                          - {e.eps_text for e in entries_at(published, model, tm.norm, tm.eps)}))
-            rec["published_status"] = status_text(published, model)
+            rec.update(published_columns(published, model, tm, rec["clean"], rec["autoattack"]))
             rec["failures"] = "; ".join(errors)
             records.append(rec)
     table = pd.DataFrame(records)
     if table.empty:
         return table
-    table["_order"] = [list(plan.active()).index(next(t for t in plan.active() if t.label == tl and t.dataset == d))
-                       for d, tl in zip(table["dataset"], table["threat_model"])]
     aa = table["autoattack"].fillna(-1.0)
     clean = table["clean"].fillna(-1.0)
     table = table.assign(_aa=aa, _clean=clean).sort_values(["_order", "_aa", "_clean", "model"],
