@@ -77,11 +77,12 @@ def machine() -> dict[str, Any]:
     return info
 
 
-def relative_flatness_median(plan: Plan, dataset: str, model: str, device: str) -> float:
-    """Median over the images of the per-sample relative flatness (pairwise kappa, closed form)."""
+def relative_flatness_median(plan: Plan, dataset: str, model: str, device: str, data: tuple | None = None) -> float:
+    """Median over the images of the per-sample relative flatness (pairwise kappa, closed form);
+    ``data``: the dataset's ``(x, y)`` when already loaded."""
     import flatplug as fp
 
-    x, y = plan.dataset(dataset).load()
+    x, y = data if data is not None else plan.dataset(dataset).load()
     loaded = plan.model_spec(model).load(device)
     batches = [(x[i:i + 256].to(device), y[i:i + 256].to(device)) for i in range(0, len(y), 256)]
     result = fp.measure("relative_flatness", loaded.module.eval(), batches, **model_measures()["relative_flatness"])
@@ -116,8 +117,9 @@ def run_plan(plan: Plan, *, store: str, executor: str = "local", device: str | N
     medians = {}
     t = time.perf_counter()
     for dataset, names in plan.models.items():
+        data = plan.dataset(dataset).load()
         for m in names:
-            medians[(dataset, m)] = relative_flatness_median(plan, dataset, m, dev)
+            medians[(dataset, m)] = relative_flatness_median(plan, dataset, m, dev, data)
     seconds["relative flatness medians"] = round(time.perf_counter() - t, 1)
     record = {
         "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(start)),
