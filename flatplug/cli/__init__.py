@@ -61,6 +61,9 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     add_export(sub)
     add_list(sub)
     add_plugins(sub)
+    from ..leaderboard.cli import add_parser as add_leaderboard
+
+    add_leaderboard(sub)
     return parser
 
 
