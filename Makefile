@@ -35,5 +35,11 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/ray_executor.py
 	$(BIN)/python benchmarks/gpu_scoring.py --n 4 --hvp-batch 4 --repeats 3 --lanczos-iters 5 --probes 2
 
+# make leaderboard: score every model of ../shared/models and write docs/leaderboard.md and docs/leaderboard/
+# (resumable: rerunning skips what leaderboard.db holds; LEADERBOARD_ARGS="--executor ray" for a cluster)
+.PHONY: leaderboard
+leaderboard: $(STAMP)
+	$(BIN)/flatplug leaderboard $(LEADERBOARD_ARGS)
+
 clean:
 	rm -rf $(VENV) build *.egg-info

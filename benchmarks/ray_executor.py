@@ -71,12 +71,11 @@ def main(argv=None) -> None:
     specs = [ModelSpec.of("zoo", name, manifest=args.zoo) for name in names]
     data = DatasetSpec("imagefolder", str(Path(args.data) / "test.tar.gz"), n=args.n)
     measures = resolve_measures(None, DEFAULT_ATTACK)  # the default measures, filled in as fp.score does
-    jobs = [Job(spec, data, measures, dict(DEFAULT_ATTACK), "cpu") for spec in specs]
     start = time.perf_counter()
-    from flatplug.scoring import _DATA_CACHE
-
-    _DATA_CACHE[data.key] = data.load()  # what fp.score does before any executor runs
+    data_fingerprint = data.fingerprint()  # loads the data once, as fp.score does before any executor runs
     load_seconds = time.perf_counter() - start
+    jobs = [Job(spec, data, measures, [dict(DEFAULT_ATTACK)], "cpu", data_fingerprint=data_fingerprint).resolved()
+            for spec in specs]
     args.model = ", ".join(names)
     C.header(f"fp.score of {len(names)} models: local executor vs Ray with {args.workers} workers", args,
              torch.device("cpu"), settings="default measures, PGD-10 at 8/255, one CPU and torch thread per Ray task")

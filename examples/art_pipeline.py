@@ -2,8 +2,9 @@
 
 An ART user already has a `PyTorchClassifier` and ART's `ProjectedGradientDescent`. Adding
 flatplug is two lines: build a flatplug trainer from the classifier (`LFRTrainer`, `SAMTrainer`,
-`AWPTrainer`, `FAMTrainer`, `FlatAdversarialTrainer`) and call `fit`; and measure the result with
-flatplug's ART metrics. Real MNIST from ../shared, a tiny CNN, the same budget for both runs.
+`AWPTrainer`, `FAMTrainer`, `FlatAdversarialTrainer`) with its defaults (only the radius `eps`
+where it needs one) and call `fit`, exactly as ART's own trainers are called; then measure the
+result with flatplug's ART metrics. Real MNIST from ../shared, a tiny CNN, the same budget for every run.
 
     python examples/art_pipeline.py --fast          # about a minute on a laptop CPU
     python examples/art_pipeline.py --train 8000 --epochs 5
@@ -64,12 +65,17 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     results["standard (ART fit)"] = clf
 
     clf = make_classifier(args.seed)
-    fa.LFRTrainer(clf, eps=args.eps, lam=0.1, steps=2).fit(xtr, ytr, batch_size=64, nb_epochs=args.epochs,
-                                                           verbose=False, seed=args.seed)  # <- flatplug
+    fa.LFRTrainer(clf, eps=args.eps).fit(xtr, ytr, batch_size=64, nb_epochs=args.epochs,
+                                         verbose=False, seed=args.seed)  # <- flatplug
     results["LFR (flatplug_art.LFRTrainer)"] = clf
 
     clf = make_classifier(args.seed)
-    fa.SAMTrainer(clf, rho=0.05).fit(xtr, ytr, batch_size=64, nb_epochs=args.epochs, verbose=False, seed=args.seed)
+    fa.AWPTrainer(clf, eps=args.eps, mode="trades").fit(xtr, ytr, batch_size=64, nb_epochs=args.epochs,
+                                                        verbose=False, seed=args.seed)
+    results["TRADES-AWP (flatplug_art.AWPTrainer)"] = clf
+
+    clf = make_classifier(args.seed)
+    fa.SAMTrainer(clf).fit(xtr, ytr, batch_size=64, nb_epochs=args.epochs, verbose=False, seed=args.seed)
     results["SAM (flatplug_art.SAMTrainer)"] = clf
 
     table = {}
@@ -81,9 +87,9 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
             "relative_flatness": fa.metrics.relative_flatness(clf, xte, yte),
         }
     cols = list(next(iter(table.values())))
-    print(f"{'MNIST, ART PGD eps=%g' % args.eps:<32}" + "".join(f"{c:>20}" for c in cols))
+    print(f"{'MNIST, ART PGD eps=%g' % args.eps:<38}" + "".join(f"{c:>20}" for c in cols))
     for name, row in table.items():
-        print(f"{name:<32}" + "".join(f"{row[c]:>20.4g}" for c in cols))
+        print(f"{name:<38}" + "".join(f"{row[c]:>20.4g}" for c in cols))
     return table
 
 

@@ -11,16 +11,25 @@ flat regions where the model is confidently wrong. Three experiments on the shar
     (``flatplug.report.correlations``);
 (b) multiply the weights and bias of one model's last ``nn.Linear`` by s: the argmax, hence the
     clean accuracy and every decision, is unchanged, so the model is exactly as robust as before.
-    Yet relative flatness moves with s (it scales like s^2 for small s), and so does PGD's robust
-    accuracy (at large s the softmax saturates in float32 and PGD's gradients vanish). Adversarial
-    examples computed at s = 1 and transferred to the scaled models fool them all the same:
-    flatness here is not robustness;
+    Yet relative flatness moves with s, and so does PGD's robust accuracy (at large s the softmax
+    saturates in float32 and PGD's gradients vanish). Per image, flatness is reported as the
+    median and the mean over the images: the mean grows like s^2 only because a few images near the
+    decision boundary keep a non-saturated softmax (``top3_share``: the fraction of the sum those
+    three images carry), while the median, the typical image, falls to zero as PGD's accuracy
+    rises. The s grid runs past the point where flatness collapses. Adversarial examples computed
+    at s = 1 and transferred to the scaled models fool them all the same: flatness here is not
+    robustness;
 (c) along a PGD trajectory (many small steps, a large eps), record per step the loss, the largest
     wrong-class probability and the per-sample relative flatness of the iterates: relative flatness
-    rises until the label flips, then falls, and the final examples are confidently wrong.
+    rises until the label flips, then falls, and the final examples are confidently wrong;
+(d) from input space to feature space (``fp.measures.feature_displacement``): for PGD of growing
+    eps, the relative displacement ``||phi(x') - phi(x)|| / ||phi(x)||`` of the penultimate
+    features, how well the second-order Taylor prediction in feature space (the regime relative
+    flatness controls) predicts the loss change, the per-image relative flatness before and after,
+    and how many attacked images are confidently wrong: local, not global.
 
 Run ``python examples/flatness_vs_robustness.py --fast`` (6 models, 100 images, about a minute on a
-CPU) or ``--full`` (all 16 models on 1,000 images; add ``--device cuda`` on a GPU). Prints three
+CPU) or ``--full`` (all 16 models on 1,000 images; add ``--device cuda`` on a GPU). Prints four
 tables and writes ``flatness_vs_robustness.png`` and ``flatness_vs_robustness_trajectory.png``.
 """
 
@@ -46,7 +55,8 @@ from flatplug.sources import ZooSource, load_imagefolder
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST_MODELS = ("marabou_small", "marabou_large", "sdp_cnn_a_adv", "oval_base", "wong_small_8px", "resnet2b")
-SCALES = (0.25, 0.5, 1.0, 2.0, 4.0, 10.0, 100.0)
+SCALES = (0.25, 0.5, 1.0, 2.0, 4.0, 10.0, 100.0, 1000.0, 10000.0)
+LINK_EPS = ("1/1020", "1/255", "4/255", "16/255")  # 0.25/255 ... 16/255
 
 
 # -- (a) the zoo --------------------------------------------------------------------------------
@@ -106,10 +116,15 @@ def scaling(args, x: torch.Tensor, y: torch.Tensor) -> dict:
     rows = []
     for s in args.scales:
         model = scale_last_layer(base, s)
+        kappa = fp.measures.relative_flatness(model, (x, y), quiet=True)
+        per = kappa.per_sample.double()
+        total = float(per.sum())
         rows.append({
             "s": s,
             "clean_acc": accuracy(model, x, y),
-            "relative_flatness": fp.measures.relative_flatness(model, (x, y), quiet=True).value,
+            "relative_flatness": kappa.value,  # the mean over the images
+            "rf_median": float(per.median()),
+            "top3_share": float(per.sort(descending=True).values[:3].sum() / total) if total > 0 else math.nan,
             "pgd_acc": robust_accuracy(model, (x, y), eps=args.eps, steps=args.pgd_steps, seed=args.seed),
             "transfer_acc": accuracy(model, x_adv, y),
         })
@@ -176,6 +191,26 @@ def trajectory(args, x: torch.Tensor, y: torch.Tensor) -> dict:
     return {"summary": summary, "record": rec, "inputs": (x.cpu(), y.cpu())}
 
 
+# -- (d) from input space to feature space ------------------------------------------------------
+
+
+def link(args, x: torch.Tensor, y: torch.Tensor) -> dict:
+    """``fp.measures.feature_displacement`` of the trajectory model under PGD at each eps of ``--link-eps``."""
+    manifest = Path(args.shared) / "models" / "zoo.json"
+    model = ZooSource(manifest).load(args.traj_model, device=args.device).module.eval()
+    x, y = x[: args.link_n].to(args.device), y[: args.link_n].to(args.device)
+    rows = []
+    for eps in args.link_eps:
+        m = fp.measures.feature_displacement(model, (x, y), eps=eps, steps=args.pgd_steps, seed=args.seed, quiet=True)
+        d = m.details
+        wrong = d["wrong_adv"]
+        rows.append({"eps": eps, **{k: d[k] for k in ("median_displacement", "median_taylor_relative_error",
+                                                       "median_kappa_clean", "median_kappa_adv", "robust_accuracy",
+                                                       "median_confidence_wrong", "median_loss_change")},
+                     "confident_wrong_frac": d["confident_wrong"] / wrong if wrong else math.nan})
+    return {"model": args.traj_model, "n": int(y.numel()), "steps": args.pgd_steps, "rows": rows}
+
+
 # -- output --------------------------------------------------------------------------------------
 
 
@@ -192,11 +227,13 @@ def print_tables(res: dict, args) -> None:
         print(f"  failed: {f}")
     b = res["scaling"]
     print(f"\n(b) {b['model']}: last layer scaled by s ({b['n']} images, eps={args.eps:.4g}); transfer = "
-          "PGD examples from s = 1")
-    print(f"{'s':>7} {'clean':>6} {'rel. flatness':>14} {'PGD acc':>8} {'transfer acc':>13}")
+          "PGD examples from s = 1; relative flatness per image: median and mean, and the share of the sum the "
+          "3 largest images carry")
+    print(f"{'s':>7} {'clean':>6} {'median RF':>10} {'mean RF':>10} {'top-3 share':>12} {'PGD acc':>8} "
+          f"{'transfer acc':>13}")
     for r in b["rows"]:
-        print(f"{r['s']:>7g} {r['clean_acc']:>6.3f} {r['relative_flatness']:>14.4g} {r['pgd_acc']:>8.3f} "
-              f"{r['transfer_acc']:>13.3f}")
+        print(f"{r['s']:>7g} {r['clean_acc']:>6.3f} {r['rf_median']:>10.4g} {r['relative_flatness']:>10.4g} "
+              f"{r['top3_share']:>12.3f} {r['pgd_acc']:>8.3f} {r['transfer_acc']:>13.3f}")
     c = res["trajectory"]["summary"]
     print(f"\n(c) {c['model']}: PGD trajectory, eps={c['eps']:.4g}, {c['steps']} steps of {c['step_size']:.4g}, "
           f"{c['n']} correctly classified images, {c['flipped']} flip (median at step {c['median_flip_step']:g})")
@@ -207,6 +244,18 @@ def print_tables(res: dict, args) -> None:
           f"step = {c['median_peak_minus_flip']:g}")
     print(f"final wrong-class confidence: median {c['confidence_final']:.3f}, above 0.9 for "
           f"{c['frac_final_confident']:.0%}")
+    d = res["link"]
+    print(f"\n(d) {d['model']}: PGD-{d['steps']} (L-inf) on {d['n']} images, fp.measures.feature_displacement; "
+          "medians over the images")
+    print(f"{'eps':>8} {'feature displ.':>14} {'Taylor err':>10} {'RF clean':>9} {'RF attacked':>11} {'robust acc':>10} "
+          f"{'conf. wrong':>11} {'loss change':>11}")
+    for r in d["rows"]:
+        print(f"{r['eps'] * 255:>6.3g}/255 {r['median_displacement']:>14.3f} {r['median_taylor_relative_error']:>10.3f} "
+              f"{r['median_kappa_clean']:>9.3g} {r['median_kappa_adv']:>11.3g} {r['robust_accuracy']:>10.3f} "
+              f"{r['confident_wrong_frac']:>11.2f} {r['median_loss_change']:>11.3g}")
+    print("feature displ.: ||phi(x') - phi(x)|| / ||phi(x)||; Taylor err: relative error of the second-order prediction "
+          "of the\n  loss change in feature space; RF: per-image relative flatness; conf. wrong: fraction of the "
+          "misclassified attacked\n  images with confidence above 0.9")
 
 
 def save_figures(res: dict, out: Path, args) -> list[Path]:
@@ -216,7 +265,8 @@ def save_figures(res: dict, out: Path, args) -> list[Path]:
     import matplotlib.pyplot as plt
     from flatplug.trajectory_plot import plot_trajectory
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    fig, axes = plt.subplots(2, 2, figsize=(13, 9))
+    axes = axes.ravel()
     a = res["zoo"]
     ax = axes[0]
     for m in a["models"]:
@@ -239,9 +289,16 @@ def save_figures(res: dict, out: Path, args) -> list[Path]:
     ax.set_ylabel("accuracy")
     ax.set_ylim(-0.02, 1.02)
     twin = ax.twinx()
-    twin.plot(s, [r["relative_flatness"] for r in b["rows"]], "^-", color="C0", label="relative flatness")
+    positive = [v for r in b["rows"] for v in (r["relative_flatness"], r["rf_median"]) if v > 0]
+    floor = min(positive) / 10 if positive else 1e-3
+    for key, style, color, label in (("relative_flatness", "^-", "C0", "relative flatness (mean)"),
+                                     ("rf_median", "v--", "C4", "relative flatness (median)")):
+        values = [r[key] for r in b["rows"]]
+        twin.plot(s, [v if v > 0 else np.nan for v in values], style, color=color, label=label)
+        zeros = [x for x, v in zip(s, values) if v <= 0]
+        twin.plot(zeros, [floor] * len(zeros), "x", color=color, ms=9)  # exactly 0: a saturated softmax
     twin.set_yscale("log")
-    twin.set_ylabel("relative flatness", color="C0")
+    twin.set_ylabel("relative flatness per image (x: exactly 0)", color="C0")
     lines = ax.get_legend_handles_labels()
     more = twin.get_legend_handles_labels()
     ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize="small", loc="upper left")
@@ -260,6 +317,21 @@ def save_figures(res: dict, out: Path, args) -> list[Path]:
     lines, more = ax.get_legend_handles_labels(), twin.get_legend_handles_labels()
     ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize="small", loc="center right")
     ax.set_title(f"(c) {c['model']}: along PGD (eps={c['eps']:.3g})", fontsize=10)
+    d = res["link"]
+    ax = axes[3]
+    eps = [r["eps"] * 255 for r in d["rows"]]
+    ax.plot(eps, [r["median_displacement"] for r in d["rows"]], "o-", color="C0", label="feature displacement (median)")
+    ax.plot(eps, [r["median_taylor_relative_error"] for r in d["rows"]], "s--", color="C3",
+            label="2nd-order prediction error (median)")
+    ax.plot(eps, [r["median_kappa_adv"] / r["median_kappa_clean"] for r in d["rows"]], "^:", color="C2",
+            label="relative flatness attacked / clean (medians)")
+    ax.plot(eps, [r["confident_wrong_frac"] for r in d["rows"]], "d-.", color="C1",
+            label="misclassified with confidence > 0.9")
+    ax.set_xscale("log")
+    ax.set_xlabel("PGD eps (x 1/255)")
+    ax.set_title(f"(d) {d['model']}: from input to feature space ({d['n']} images)", fontsize=10)
+    ax.legend(fontsize="small")
+    ax.grid(alpha=0.3)
     fig.suptitle("Walter et al. 2025: when flatness does (not) guarantee adversarial robustness", fontsize=11)
     fig.tight_layout()
     main_fig = out / "flatness_vs_robustness.png"
@@ -288,6 +360,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--traj-step-size", default="1/255")
     p.add_argument("--traj-steps", type=int, default=None, help="PGD steps of (c) (default 30 fast / 60 full)")
     p.add_argument("--traj-n", type=int, default=None, help="images of (c) (default 50 fast / 200 full)")
+    p.add_argument("--link-eps", nargs="+", default=list(LINK_EPS), help="PGD radii of (d)")
+    p.add_argument("--link-n", type=int, default=None, help="images of (d) (default 50 fast / 500 full)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--shared", default=str(ROOT.parent / "shared"), help="the shared folder (default ../shared)")
@@ -301,6 +375,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.traj_eps, args.traj_step_size = parse_eps(args.traj_eps), parse_eps(args.traj_step_size)
     args.traj_steps = args.traj_steps or (30 if args.fast else 60)
     args.traj_n = args.traj_n or (50 if args.fast else 200)
+    args.link_n = args.link_n or (50 if args.fast else 500)
+    args.link_eps = [parse_eps(e) for e in args.link_eps]
     if not (Path(args.shared) / "models" / "zoo.json").is_file():
         p.error(f"--shared: {args.shared} has no models/zoo.json; pass the shared folder with --shared")
     return args
@@ -312,10 +388,12 @@ def main(argv=None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
     x, y = load_imagefolder(Path(args.shared) / "data" / "cifar10" / "test.tar.gz", n=args.n, seed=args.seed)
-    res = {"zoo": score_zoo(args), "scaling": scaling(args, x, y), "trajectory": trajectory(args, x, y)}
+    res = {"zoo": score_zoo(args), "scaling": scaling(args, x, y), "trajectory": trajectory(args, x, y),
+           "link": link(args, x, y)}
     print_tables(res, args)
     figures = save_figures(res, out, args)
-    plain = {"zoo": res["zoo"], "scaling": res["scaling"], "trajectory": res["trajectory"]["summary"]}
+    plain = {"zoo": res["zoo"], "scaling": res["scaling"], "trajectory": res["trajectory"]["summary"],
+             "link": res["link"]}
     (out / "flatness_vs_robustness.json").write_text(json.dumps(plain, indent=1))
     print("figures: " + ", ".join(map(str, figures)))
     res["figures"] = [str(f) for f in figures]

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import flatplug as fp
 from flatplug.report import build_report, summary_table
-from flatplug.scoring import DatasetSpec, ModelSpec, parse_eps
+from flatplug.scoring import DatasetSpec, ModelSpec, attack_parameters, parse_eps
 
 ROOT = Path(__file__).resolve().parents[1]
 ADAPTER_DATASETS = ("cifar10", "cifar100", "imagenet")  # the robustbench adapter's loaders (take allow_download)
@@ -44,9 +44,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--data", default=None, help="path given to the data loader (default: --data-dir)")
     p.add_argument("--n", type=int, default=1000, help="test images (a class-balanced subset)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--attack", default=None, help="registered attack (default pgd, or pgdl2 for L2)")
+    p.add_argument("--attack", default=None, help="registered attack (default pgd, or pgdl2 for L2; RobustBench's own "
+                                                  "evaluation is autoattack, slow on a CPU)")
     p.add_argument("--eps", default=None, help="attack radius (default 8/255 for Linf, 0.5 for L2)")
-    p.add_argument("--steps", type=int, default=10, help="attack steps")
+    p.add_argument("--steps", type=int, default=None, help="attack steps, for attacks that take them "
+                                                           "(default: the attack's own, 10 for PGD)")
     p.add_argument("--measures", default="relative_flatness,hessian_eigenvalues",
                    help="comma-separated registered measures")
     p.add_argument("--batch-size", type=int, default=128)
@@ -85,7 +87,7 @@ def print_table(table, args) -> None:
     measures = [c for c, m in table.attrs["columns"].items() if m["kind"] == "measure"]
     cols = ["clean_accuracy", *robust, *measures]
     print(f"\nRobustBench {args.dataset}/{args.threat_model}, {args.n} images from {args.data_loader} ({args.data}), "
-          f"{args.attack} eps={args.eps:.4g}, {args.steps} steps")
+          f"{args.attack} eps={args.eps:.4g}" + (f", {args.steps} steps" if args.steps else ""))
     head = f"{'model':<34}" + "".join(f"{c[:26]:>28}" for c in cols) + f"{'leaderboard clean/robust':>26}"
     print(head)
     print("-" * len(head))
@@ -107,8 +109,10 @@ def main(argv=None):
                           threat_model=args.threat_model, allow_download=args.download) for name in args.models]
     options = (("allow_download", args.download),) if args.data_loader in ADAPTER_DATASETS else ()
     data = DatasetSpec(args.data_loader, str(args.data), n=args.n, seed=args.seed, options=options)
-    frame = fp.score(specs, data, measures=args.measures,
-                     attack={"name": args.attack, "eps": args.eps, "steps": args.steps},
+    attack = {"name": args.attack, "eps": args.eps}
+    if args.steps is not None and "steps" in (attack_parameters(args.attack) or ("steps",)):
+        attack["steps"] = args.steps  # only to attacks that take steps (AutoAttack does not)
+    frame = fp.score(specs, data, measures=args.measures, attack=attack,
                      store=args.store, device=args.device, batch_size=args.batch_size, quiet=args.quiet)
     table = summary_table(frame)
     print_table(table, args)

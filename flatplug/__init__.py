@@ -2,24 +2,35 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
 
-from . import measures
-from .api import list_plugins, measure
-from .hookspecs import hookimpl
-from .types import LoadedModel, Measurement
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
 
-__all__ = ["LoadedModel", "Measurement", "hookimpl", "list_plugins", "measure", "measures", "score", "train", "__version__"]
+    try:
+        return version("flatplug")
+    except PackageNotFoundError:  # run from a source checkout that is not installed
+        return "0.2.0"
+
+
+__version__ = _version()
+
+from . import measures  # noqa: E402
+from .api import list_plugins, measure  # noqa: E402
+from .hookspecs import hookimpl  # noqa: E402
+from .types import LoadedModel, Measurement  # noqa: E402
+
+__all__ = ["DatasetSpec", "LoadedModel", "Measurement", "ModelSpec", "hookimpl", "list_plugins", "measure",
+           "measures", "score", "train", "__version__"]
+
+#: names that load their subpackage on first use, keeping ``import flatplug`` light
+_LAZY = {"train": ("training", "train"), "score": ("scoring", "score"), "ModelSpec": ("scoring", "ModelSpec"),
+         "DatasetSpec": ("scoring", "DatasetSpec")}
 
 
 def __getattr__(name: str):
-    # ``fp.train`` and ``fp.score`` load their packages on first use, keeping ``import flatplug`` light.
-    if name == "train":
-        from .training import train
+    if name in _LAZY:
+        import importlib
 
-        return train
-    if name == "score":
-        from .scoring import score
-
-        return score
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(f".{module}", __name__), attr)
     raise AttributeError(f"module 'flatplug' has no attribute {name!r}")

@@ -55,9 +55,13 @@ def pgd(
     random_start: bool = True,
     seed: int | None = 0,
     loss_fn: LossFn | None = None,
+    clip: tuple[float, float] | None = (0.0, 1.0),
 ) -> torch.Tensor:
-    """Adversarial examples maximising the loss inside the eps-ball, kept in [0, 1].
+    """Adversarial examples maximising the loss inside the eps-ball, kept in the box ``clip``.
 
+    ``clip``: the input box ``(lo, hi)`` every iterate is clamped to (default [0, 1], images);
+    ``None`` leaves the inputs unconstrained, as in the analysis of linear models (Yamada et al.
+    2021), where the worst L2 perturbation of a linear score is exactly ``-eps s w / ||w||``.
     The model's mode is not changed (call ``model.eval()`` first for evaluation); parameter
     gradients are not touched. ``step_size`` defaults to ``2.5 * eps / steps``.
     """
@@ -65,14 +69,18 @@ def pgd(
     check_positive(eps, "eps", allow_zero=True)
     if steps < 1:
         raise ValueError(f"steps: expected at least 1 step, got {steps}")
-    check_inputs(x, unit_range=True)
+    clip = check_clip(clip)
+    check_inputs(x, unit_range=clip == (0.0, 1.0))
+    if clip is not None and clip != (0.0, 1.0) and (float(x.min()) < clip[0] or float(x.max()) > clip[1]):
+        raise ValueError(f"x: inputs lie in [{float(x.min()):g}, {float(x.max()):g}], outside clip={clip}; "
+                         "pass the box the inputs live in, or clip=None for unconstrained inputs")
     check_labels(y, x.shape[0])
     loss_fn = resolve_loss(loss_fn)
     alpha = 2.5 * eps / steps if step_size is None else step_size
     gen = None if seed is None else torch.Generator().manual_seed(seed)
     x = x.detach()
     delta = random_start_delta(x, eps, norm, gen) if random_start and eps > 0 else torch.zeros_like(x)
-    delta = (x + delta).clamp(0, 1) - x
+    delta = _into_box(x, delta, clip)
     for _ in range(steps):
         delta.requires_grad_(True)
         with torch.enable_grad():
@@ -80,8 +88,23 @@ def pgd(
             loss = per_sample_loss(loss_fn, logits, y).sum()
             (grad,) = torch.autograd.grad(loss, delta)
         delta = project(delta.detach() + ascent_step(grad, alpha, norm), eps, norm)
-        delta = (x + delta).clamp(0, 1) - x
+        delta = _into_box(x, delta, clip)
     return (x + delta).detach()
+
+
+def check_clip(clip: object) -> tuple[float, float] | None:
+    """``None`` (unconstrained inputs) or a box ``(lo, hi)`` with ``lo < hi``, as floats."""
+    if clip is None:
+        return None
+    if (not isinstance(clip, (tuple, list)) or len(clip) != 2
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in clip)
+            or not float(clip[0]) < float(clip[1])):
+        raise ValueError(f"clip: expected None (unconstrained inputs) or a box (lo, hi) with lo < hi, got {clip!r}")
+    return float(clip[0]), float(clip[1])
+
+
+def _into_box(x: torch.Tensor, delta: torch.Tensor, clip: tuple[float, float] | None) -> torch.Tensor:
+    return delta if clip is None else (x + delta).clamp(*clip) - x
 
 
 def correct_under(model: nn.Module, data, attack: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,

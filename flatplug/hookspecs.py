@@ -73,7 +73,11 @@ def flatplug_register_sources(register):
     ``obj``: ``factory(**options) -> source`` where ``source.names(dataset=None) -> list[str]``
     and ``source.load(name, device) -> flatplug.LoadedModel`` (see
     :class:`flatplug.types.ModelSource`). Options are plain values (``manifest=``, ``model_dir=``),
-    so a worker process can rebuild the source. Fields: ``version``, ``paper``.
+    so a worker process can rebuild the source. A source may also offer ``source.fingerprint(name)
+    -> str``, a digest of the model's content computed without loading it (its checkpoint files, via
+    ``flatplug.sources.fingerprint.file_sha256``, and whatever builds the model from them): stored
+    results are keyed by it, so a retrained checkpoint under the same name is scored afresh; without
+    it, scoring loads the model to hash its parameters. Fields: ``version``, ``paper``.
     """
 
 
@@ -82,7 +86,9 @@ def flatplug_register_datasets(register):
     """Register datasets.
 
     ``obj``: ``loader(path=None, n=None, seed=0, **options) -> (x, y)``: float32 images in [0, 1]
-    (NCHW) and int64 labels, a deterministic class-balanced subset of size ``n``. Fields:
+    (NCHW) and int64 labels, a deterministic class-balanced subset of size ``n``; returning a
+    :class:`flatplug.sources.LabeledImages` also gives reports the data set's ``title`` ("CIFAR-10
+    test set"). Stored results are keyed by a digest of the returned images and labels. Fields:
     ``version``, ``paper``.
     """
 
@@ -92,6 +98,9 @@ def flatplug_register_executors(register):
     """Register executors that run scoring jobs.
 
     ``obj``: ``factory(**options)`` returning an object with ``run(jobs, store, *, quiet)`` that
-    runs every :class:`flatplug.scoring.Job` and writes each row to the store as it exists.
+    runs every :class:`flatplug.scoring.Job` and writes each row to the store as it exists
+    (``flatplug.scoring.run_job(job, store.put, done=store.has)`` does the work of one job;
+    ``job.resolved()`` gives it its fingerprints, ``job.key(row)`` the store key of each of
+    ``job.planned()``, ``job.missing(done)`` what is left to compute, honouring ``job.rerun``).
     Fields: ``version``.
     """

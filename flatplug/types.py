@@ -1,4 +1,11 @@
-"""The objects that flow through flatplug (see DESIGN.md, "The objects that flow")."""
+"""The objects that flow through flatplug.
+
+* ``Batch``: ``(x, y)`` images in [0, 1] (NCHW float) and integer labels, or any iterable of such pairs;
+* :class:`Measurement`: what every measure returns (``name``, ``value``, ``per_sample``, ``details``);
+* :class:`LoadedModel`: a model ready to score (its module takes [0, 1] images: normalisation inside);
+* :class:`ModelSource`: what a registered source factory returns (``names``, ``load``, and optionally
+  ``fingerprint`` for content-keyed results).
+"""
 
 from __future__ import annotations
 
@@ -59,6 +66,12 @@ class ModelSource(Protocol):
     def load(self, name: str, device: str | torch.device = "cpu") -> LoadedModel:
         """The model ``name`` as a :class:`LoadedModel` whose module takes [0, 1] images."""
         ...
+
+    # Optional: ``fingerprint(name) -> str``, a digest of the model's content (its checkpoint files and
+    # whatever turns them into the model) computed without loading it, e.g. with
+    # ``flatplug.sources.fingerprint.file_sha256``. Scoring keys every stored result by it, so a
+    # retrained checkpoint under the same name is scored afresh. Without it, scoring loads the model
+    # and hashes its parameters and buffers.
 
 
 #: A registered dataset loader: ``loader(path=None, n=None, seed=0, **options) -> (x, y)``

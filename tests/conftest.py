@@ -85,3 +85,33 @@ class Quadratic(nn.Module):
 
     def forward(self, x):
         return self.w.unsqueeze(0).expand(x.shape[0], -1) + 0.0 * x[:, :1]
+
+
+def quadratic_loss(a: torch.Tensor, target: torch.Tensor):
+    """``loss_fn`` giving per-sample ``0.5 (z - t)^T A (z - t)`` of the logits ``z``: with :class:`Quadratic`
+    (logits = ``w``) the Hessian of the mean loss w.r.t. ``w`` is exactly the symmetric matrix ``A``."""
+
+    def loss_fn(logits, y):
+        d = logits - target
+        return 0.5 * ((d @ a) * d).sum(1)
+
+    return loss_fn
+
+
+def quadratic_problem(a: torch.Tensor, seed: int = 0, n: int = 6):
+    """``(Quadratic model, (x, y), loss_fn)`` whose loss Hessian w.r.t. the model's ``w`` is ``a``."""
+    g = torch.Generator().manual_seed(seed)
+    dim = a.shape[0]
+    w0 = torch.randn(dim, generator=g, dtype=torch.float64)
+    target = torch.randn(dim, generator=g, dtype=torch.float64)
+    x, y = torch.rand(n, 2, generator=g, dtype=torch.float64), torch.zeros(n, dtype=torch.long)
+    return Quadratic(w0), (x, y), quadratic_loss(a, target)
+
+
+def with_spectrum(eigenvalues, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(A, U)``: a dense symmetric ``A = U diag(eigenvalues) U^T`` with a random orthogonal ``U``."""
+    ev = torch.as_tensor(eigenvalues, dtype=torch.float64)
+    g = torch.Generator().manual_seed(seed)
+    u, _ = torch.linalg.qr(torch.randn(ev.numel(), ev.numel(), generator=g, dtype=torch.float64))
+    a = (u * ev) @ u.T
+    return (a + a.T) / 2, u

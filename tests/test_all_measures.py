@@ -19,6 +19,8 @@ PARAMS = {
     "sharpness": {"rho": 0.05, "steps": 3},
     "loss_landscape": {"steps": 5},
     "local_flatness": {"eps": 0.05, "steps": 3},
+    "feature_robustness": {"delta": 0.1, "samples": 4, "steps": 2},
+    "feature_displacement": {"eps": 0.05, "steps": 3},
 }
 
 

@@ -379,3 +379,17 @@ def test_to_loader_and_pickling(cifar200: LabeledImages) -> None:
 
     assert Batches(cifar200, unit_range=True).num_samples == 200
     assert Batches(batches).num_samples == 200
+
+
+def test_datasets_carry_their_real_names(cifar200: LabeledImages, mnist_dir: Path, small_tree: Path) -> None:
+    """Guards against reports naming data by loader and file (``imagefolder[test.tar.gz]``) instead of the
+    name people use (issue 11): CIFAR-10 is recognised by its ten class folders, splits by folder names."""
+    assert cifar200.title == "CIFAR-10 test set"
+    assert load_mnist(mnist_dir, n=20).title == "MNIST test set"
+    assert load_digits(n=20).title == "digits (scikit-learn) test set"
+    assert load_digits(n=20, split="train").title == "digits (scikit-learn) training set"
+    tree = load_imagefolder(small_tree, split="train")  # three of CIFAR-10's classes: not CIFAR-10
+    assert tree.title == f"images from {small_tree.name} training set"
+    import copy
+
+    assert copy.deepcopy(cifar200).title == "CIFAR-10 test set"  # survives pickling/copying

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import ThreeDOutput, dense_hessian, tiny_batch, tiny_mlp
+from conftest import ThreeDOutput, dense_hessian, quadratic_problem, tiny_batch, tiny_mlp, with_spectrum
 from flatplug.measures import hessian_density
 
 
@@ -149,3 +149,128 @@ def test_model_left_unchanged():
     assert torch.equal(model[2].weight.grad, torch.full_like(model[2].weight, -2.0))
     assert all(p.grad is None for n, p in model.named_parameters() if n != "2.weight")
     assert [(len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks)) for m in model.modules()] == hooks
+
+
+# -- a known spectrum: SLQ's nodes, weights and moments against exact quantities ------------------------------------
+#
+# conftest's Quadratic model with a loss 0.5 (w - t)^T A (w - t) has the Hessian A = U diag(lambda) U^T exactly. SLQ's
+# run r starts Lanczos from the unit vector v_r: the documented draw is the r-th standard-normal vector of
+# torch.Generator().manual_seed(seed), normalised (no other draws: restart=False). The quadrature of that run then
+# satisfies sum_j w_j theta_j^k = v_r^T A^k v_r for k <= 2m - 1 (m Lanczos steps), and once m reaches the number of
+# distinct eigenvalues the nodes are those eigenvalues and w_lambda = ||P_lambda v_r||^2 (P_lambda: the projector
+# onto lambda's eigenspace).
+
+DISTINCT = [-2.0, -0.5, 0.0, 0.25, 1.0, 3.0]
+MULTIPLICITY = [2, 1, 2, 3, 3, 1]  # 12 parameters, 3 negative eigenvalues, a 2-fold zero
+
+
+@functools.lru_cache(maxsize=None)
+def known_spectrum():
+    ev = [lam for lam, m in zip(DISTINCT, MULTIPLICITY) for _ in range(m)]
+    a, u = with_spectrum(ev, seed=11)
+    return a, u, torch.tensor(ev, dtype=torch.float64)
+
+
+def start_vectors(runs: int, seed: int, dim: int = 12) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    v = torch.stack([torch.randn(dim, generator=g, dtype=torch.float64) for _ in range(runs)])
+    return v / v.norm(dim=1, keepdim=True)
+
+
+def eigenspace_weights(v: torch.Tensor) -> torch.Tensor:
+    """||P_lambda v||^2 for each distinct eigenvalue (rows: start vectors)."""
+    _, u, ev = known_spectrum()
+    c = (v @ u) ** 2  # squared coordinates in the eigenbasis
+    return torch.stack([c[:, ev == lam].sum(1) for lam in DISTINCT], 1)
+
+
+def grouped(nodes: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """The weights summed per distinct eigenvalue; every node must be (within 1e-9) one of them."""
+    lams = torch.tensor(DISTINCT, dtype=torch.float64)
+    nearest = (nodes[:, None] - lams[None, :]).abs().argmin(1)
+    assert torch.allclose(nodes, lams[nearest], rtol=0, atol=1e-9), nodes
+    return torch.zeros(len(DISTINCT), dtype=torch.float64).index_add_(0, nearest, weights)
+
+
+def test_slq_nodes_weights_and_negative_mass_on_a_known_spectrum():
+    """With iterations >= the 6 distinct eigenvalues the Krylov space of each run is exhausted after 6 steps: its
+    nodes are the distinct eigenvalues and its weights the squared projections of its start vector; the first and
+    second moments, the trace estimate and the negative mass follow exactly. The 2-fold zero eigenvalue (rounded to
+    +-1e-16) must not count as negative curvature. (When rounding hides the exhaustion, beta ~ 1e-13, Lanczos goes on
+    in the orthogonal complement: further copies of the same eigenvalues with weights ~ beta^2, hence the grouping.)
+
+    Guards against wrong quadrature weights (first eigenvector components not squared, the last component instead
+    of the first, unnormalised), nodes that are not the Ritz values, an unweighted first moment, and a negative mass
+    that counts nodes instead of weighing them or that counts rounding-level zeros."""
+    a, _, _ = known_spectrum()
+    model, batch, loss_fn = quadratic_problem(a, seed=3)
+    runs, seed = 3, 4
+    m = hessian_density(model, batch, iterations=12, runs=runs, seed=seed, loss_fn=loss_fn, quiet=True)
+    assert m.details["num_params"] == 12 and all(6 <= i <= 12 for i in m.details["iterations_per_run"])
+    assert 6 in m.details["iterations_per_run"]
+    v = start_vectors(runs, seed)
+    expected_w = eigenspace_weights(v)
+    for r in range(runs):
+        nodes = torch.tensor(m.details["nodes"][r], dtype=torch.float64)
+        weights = torch.tensor(m.details["weights"][r], dtype=torch.float64)
+        assert torch.allclose(grouped(nodes, weights), expected_w[r], rtol=0, atol=1e-12)
+        quad = [v[r] @ a @ v[r], v[r] @ a @ a @ v[r]]
+        assert float((weights * nodes).sum()) == pytest.approx(float(quad[0]), abs=1e-12)
+        assert float((weights * nodes**2).sum()) == pytest.approx(float(quad[1]), abs=1e-12)
+        assert m.details["first_moment_per_run"][r] == pytest.approx(float(quad[0]), abs=1e-12)
+    first = float(torch.einsum("ri,ij,rj->r", v, a, v).mean())
+    assert m.value == pytest.approx(first, abs=1e-12)
+    assert m.details["trace_estimate"] == pytest.approx(12 * first, abs=1e-11)
+    negative = float(expected_w[:, :2].sum(1).mean())  # the eigenspaces of -2 and -0.5
+    assert m.details["negative_mass"] == pytest.approx(negative, abs=1e-12)
+    assert m.details["lambda_min"] == pytest.approx(-2.0, abs=1e-9)
+    assert m.details["lambda_max"] == pytest.approx(3.0, abs=1e-9)
+
+
+@pytest.mark.parametrize("iterations", [1, 2, 3])
+def test_gauss_quadrature_is_exact_to_degree_2m_minus_1(iterations):
+    """With m < 6 Lanczos steps the nodes are not the eigenvalues, but an m-point Gauss quadrature of the start
+    vector's spectral measure still integrates polynomials of degree <= 2m - 1 exactly: sum_j w_j theta_j^k =
+    v^T A^k v for k = 0..2m-1. Guards against a wrong tridiagonal (e.g. a dropped or mis-indexed beta, which leaves
+    the first moment right but breaks the higher ones) and wrong weights."""
+    a, _, _ = known_spectrum()
+    model, batch, loss_fn = quadratic_problem(a, seed=5)
+    m = hessian_density(model, batch, iterations=iterations, runs=2, seed=6, loss_fn=loss_fn, quiet=True)
+    v = start_vectors(2, 6)
+    for r in range(2):
+        nodes = torch.tensor(m.details["nodes"][r], dtype=torch.float64)
+        weights = torch.tensor(m.details["weights"][r], dtype=torch.float64)
+        assert nodes.numel() == iterations
+        ak_v = v[r].clone()
+        for k in range(2 * iterations):
+            assert float((weights * nodes**k).sum()) == pytest.approx(float(v[r] @ ak_v), abs=1e-11), k
+            ak_v = a @ ak_v
+        # one degree more is not integrated exactly (the check above would also pass for the eigenvalues)
+        assert abs(float((weights * nodes ** (2 * iterations)).sum()) - float(v[r] @ ak_v)) > 1e-6
+
+
+def test_density_mass_and_weights_average_to_the_multiplicities():
+    """Independent of how start vectors are drawn: for v uniform on the sphere, E ||P_lambda v||^2 = m_lambda / n
+    (a Beta(m/2, (n-m)/2) variable: variance 2 p (1 - p) / (n + 2)), so the run-averaged weight of each eigenvalue
+    and the negative mass (3/12) match the multiplicities within 5 standard errors; and the smoothed density puts
+    that weight around each eigenvalue (sigma = 0.01, eigenvalues >= 0.25 apart: its mass below -0.25 is the
+    negative mass up to Gaussian tails of 25 sigma). Guards against a density built from the wrong weights (checked:
+    uniform weights per node fail) without relying on the draw order; subtler weighting errors (unsquared eigenvector
+    components, off by ~0.04 here) are left to the exact test above."""
+    a, _, _ = known_spectrum()
+    model, batch, loss_fn = quadratic_problem(a, seed=7)
+    runs = 60
+    m = hessian_density(model, batch, iterations=6, runs=runs, seed=8, sigma=0.01, grid_points=4000,
+                        loss_fn=loss_fn, quiet=True)
+    weights = torch.tensor(m.details["weights"], dtype=torch.float64)  # [runs, 6]
+    for j, mult in enumerate(MULTIPLICITY):
+        p = mult / 12
+        se = math.sqrt(2 * p * (1 - p) / 14 / runs)
+        assert abs(float(weights[:, j].mean()) - p) <= 5 * se, (DISTINCT[j], float(weights[:, j].mean()), p)
+    p = 3 / 12
+    assert abs(m.details["negative_mass"] - p) <= 5 * math.sqrt(2 * p * (1 - p) / 14 / runs)
+    grid = torch.tensor(m.details["grid"], dtype=torch.float64)
+    dens = torch.tensor(m.details["density"], dtype=torch.float64)
+    below = grid <= -0.25
+    mass_below = float(torch.trapezoid(dens[below], grid[below]))
+    assert mass_below == pytest.approx(m.details["negative_mass"], abs=2e-3)

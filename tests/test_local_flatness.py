@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -12,7 +13,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from flatplug.measures import local_flatness
-from flatplug.measures.local_flatness import max_gradient_norm_point
+from flatplug.measures.local_flatness import ascent_point, max_gradient_norm_point
 from conftest import tiny_mlp
 
 ORDERS = {1: 1.0, 2: 2.0, "inf": math.inf}
@@ -85,14 +86,36 @@ def test_max_point_reports_its_own_gradient_norm(norm):
     assert x_best.min() >= 0 and x_best.max() <= 1
 
 
-def test_helper_keeps_train_mode_and_leaves_no_grads():
+@pytest.mark.parametrize("maximiser", [max_gradient_norm_point, ascent_point])
+def test_helpers_keep_mode_and_requires_grad_and_leave_no_grads(maximiser):
+    """The maximisers freeze the weights while they ascend (speed); they must give them back as found."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Dropout(0.0), nn.Linear(6, 3)).double()
     model.train()
+    model[0].bias.requires_grad_(False)
     x, y = unit_batch(5, 4, 3)
-    max_gradient_norm_point(model, x, y, eps=0.1, steps=3, generator=torch.Generator().manual_seed(1))
+    maximiser(model, x, y, eps=0.1, steps=3, generator=torch.Generator().manual_seed(1))
     assert all(m.training for m in model.modules())
     assert all(p.grad is None for p in model.parameters())
+    assert [p.requires_grad for p in model.parameters()] == [True, False, True, True]
+
+
+def test_ascent_point_is_the_last_iterate_and_the_measure_keeps_the_best():
+    """ascent_point returns the last iterate (as the official code's training); max_gradient_norm_point
+    the best point seen: on a curved MLP with a large step the two differ, and the best point's norm
+    is the largest of every iterate's norm (each recomputed by plain autograd)."""
+    model = tiny_mlp(d_in=5, hidden=6, classes=3)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(3.0)
+    x, y = unit_batch(12, 5, 3)
+    kw = dict(eps=0.2, norm="linf", q=1, step_size=0.15, random_start=False)
+    iterates = [x] + [ascent_point(model, x, y, steps=k, **kw) for k in range(1, 6)]
+    norms = torch.stack([grad_norms(model, p, y, 1.0) for p in iterates])
+    x_best, best = max_gradient_norm_point(model, x, y, steps=5, **kw)
+    assert torch.allclose(best, norms.max(0).values, rtol=1e-12, atol=0)
+    assert torch.allclose(grad_norms(model, x_best, y, 1.0), best, rtol=1e-12, atol=0)
+    assert bool((norms[-1] < norms.max(0).values * (1 - 1e-6)).any())  # the last iterate is not always the best
 
 
 def test_zero_eps_is_the_clean_gradient_norm():
@@ -163,8 +186,9 @@ def test_bad_arguments(kwargs, err, match):
     x, y = unit_batch()
     with pytest.raises(err, match=match):
         local_flatness(tiny_mlp(), (x, y), quiet=True, **kwargs)
-    with pytest.raises(err, match=match):
-        max_gradient_norm_point(tiny_mlp(), x, y, **kwargs)
+    for maximiser in (max_gradient_norm_point, ascent_point):
+        with pytest.raises(err, match=match):
+            maximiser(tiny_mlp(), x, y, **kwargs)
 
 
 def test_inputs_must_be_in_unit_range():
@@ -173,3 +197,45 @@ def test_inputs_must_be_in_unit_range():
         local_flatness(tiny_mlp(), (x * 255, y), eps=0.1, quiet=True)
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         max_gradient_norm_point(tiny_mlp(), x - 0.5, y, eps=0.1)
+
+
+# -- q defaults to the dual norm of the ball ------------------------------------------------------
+
+
+@pytest.mark.parametrize("norm, dual", [("linf", 1), ("l2", 2)])
+def test_q_defaults_to_the_dual_norm_of_the_ball(norm, dual):
+    """On a linear loss the gradient norm is the constant ||W_y||_q: with q omitted it must be the
+    dual norm's (1 for linf, 2 for l2). Guards against the old default q = 1 for an l2 ball."""
+    torch.manual_seed(0)
+    model = nn.Linear(6, 4).double()
+    x, y = unit_batch(8, 6, 4, lo=0.4, hi=0.6)
+    m = local_flatness(model, (x, y), eps=0.05, norm=norm, steps=3, loss_fn=neg_logit, quiet=True)
+    expected = torch.linalg.vector_norm(model.weight.detach()[y], ord=dual, dim=1)
+    assert torch.allclose(m.per_sample, expected, rtol=1e-14, atol=0)
+    assert m.details["q"] == dual
+    _, best = max_gradient_norm_point(model, x, y, eps=0.05, norm=norm, steps=2, loss_fn=neg_logit)
+    assert torch.allclose(best, expected, rtol=1e-14, atol=0)
+
+
+def test_scoring_an_l2_attack_measures_the_l2_dual_norm(tmp_path):
+    """fp.score with an l2 attack: local flatness follows the attack's ball and norm, so q = 2 (its
+    value equals a direct call with norm="l2", q=2 and differs from q=1). Real MNIST, a zoo model."""
+    from flatplug.scoring import DatasetSpec, ModelSpec, score
+    from flatplug.sources import ZooSource, load_mnist
+    from conftest import shared_path
+
+    zoo, mnist = shared_path("models", "zoo.json"), shared_path("data", "mnist")
+    frame = score([ModelSpec.of("zoo", "madry_cnn_tiny", manifest=str(zoo))], DatasetSpec("mnist", str(mnist), n=16),
+                  measures={"local_flatness": {"steps": 2, "random_start": False}},
+                  attack={"name": "pgd", "norm": "l2", "eps": 1.0, "steps": 2}, store=tmp_path / "r.db",
+                  device="cpu", quiet=True)
+    row = frame.set_index("name").loc["local_flatness"]
+    assert row["status"] == "ok", row["error"]
+    details = row["details"] if isinstance(row["details"], dict) else json.loads(row["details"])
+    assert details["q"] == 2 and details["norm"] == "l2" and details["eps"] == 1.0
+    model = ZooSource(zoo).load("madry_cnn_tiny").module
+    x, y = load_mnist(mnist, n=16)
+    direct = {q: local_flatness(model, (x, y), eps=1.0, norm="l2", q=q, steps=2, random_start=False, quiet=True).value
+              for q in (1, 2)}
+    assert row["value"] == pytest.approx(direct[2], rel=1e-5)
+    assert direct[1] > 2 * direct[2]  # q = 1 is another number (measured 0.71 against 0.27)

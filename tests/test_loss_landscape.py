@@ -218,3 +218,77 @@ def test_input_space_needs_unit_range_images():
     x, y = tiny_batch()
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         loss_landscape(tiny_mlp(), (x * 255, y), space="inputs", steps=3, quiet=True)
+
+
+# -- robust-loss landscapes (Stutz et al. 2021; Yamada et al. 2021): exact on logistic regression --
+
+
+class LinearLogit(nn.Module):
+    """``x -> [0, w.x + b]``: softmax cross-entropy of these logits is the logistic loss softplus(-s z)."""
+
+    def __init__(self, w: torch.Tensor, b: float):
+        super().__init__()
+        self.weight = nn.Parameter(w.detach().clone().reshape(1, -1))
+        self.bias = nn.Parameter(torch.tensor([float(b)], dtype=w.dtype))
+
+    def forward(self, x):
+        z = x.flatten(1) @ self.weight[0] + self.bias[0]
+        return torch.stack([torch.zeros_like(z), z], 1)
+
+
+def mnist_3_vs_7(n=200):
+    from conftest import shared_path
+    from flatplug.sources import load_mnist
+
+    data = load_mnist(shared_path("data", "mnist"), n=5 * n)
+    keep = (data.y == 3) | (data.y == 7)
+    return data.x[keep][:n].double(), (data.y[keep][:n] == 7).long()
+
+
+def test_robust_landscape_equals_closed_form_robust_loss():
+    """Logistic regression on real MNIST 3 vs 7, an L2 ball of inputs, no clipping. For a linear score
+    z = w.x + b and labels s = +-1, the worst perturbation with ||d||_2 <= eps minimises s w.d, which
+    by Cauchy-Schwarz is -eps ||w|| at d = -eps s w / ||w||: the worst margin is s (w.x + b) - eps ||w||
+    and the robust loss softplus(-(s (w.x + b) - eps ||w||)). PGD (L2, no random start) reaches that
+    d exactly, so every grid value must equal the closed form at the grid point's weights (w + a d_w,
+    b + a d_b), and the robust accuracy the fraction of positive worst margins. Guards against
+    adversarial examples computed once at the centre and reused along the slice (checked to differ),
+    against clipping to [0, 1] when clip=None, and against the attack ignoring the measure's loss."""
+    x, y = mnist_3_vs_7()
+    s = 2.0 * y.double() - 1.0
+    w = x[y == 1].flatten(1).mean(0) - x[y == 0].flatten(1).mean(0)  # a class-mean classifier
+    b = -float(w @ x.flatten(1).mean(0))
+    eps = 1.5
+    model = LinearLogit(w, b)
+    m = loss_landscape(model, (x, y), steps=7, span=0.6, normalization="layer", include_bias_and_norm=True,
+                       adversarial={"eps": eps, "norm": "l2", "clip": None, "random_start": False}, quiet=True)
+    d = m.artifacts["directions"][0]
+    dw, db = d["weight"][0], float(d["bias"][0])
+    expected, robust_acc, frozen = [], [], []
+    x_frozen = x.flatten(1) - eps * s[:, None] * (w / w.norm())  # the worst case at the centre only
+    for a in m.details["alphas"]:
+        wa, ba = w + a * dw, b + a * db
+        margin = s * (x.flatten(1) @ wa + ba) - eps * wa.norm()
+        expected.append(float(F.softplus(-margin).mean()))
+        robust_acc.append(float((margin > 0).double().mean()))
+        frozen.append(float(F.softplus(-(s * (x_frozen @ wa + ba))).mean()))
+    assert m.details["losses"] == pytest.approx(expected, rel=1e-10)
+    assert m.details["accuracies"] == pytest.approx(robust_acc, abs=1e-12)
+    assert m.details["settings"]["adversarial"]["clip"] is None
+    assert abs(frozen[0] - expected[0]) > 1e-3 and abs(frozen[-1] - expected[-1]) > 1e-3  # >> the tolerance
+    # the inputs really left [0, 1]: with the default clip the same landscape differs
+    clipped = loss_landscape(model, (x, y), steps=7, span=0.6, normalization="layer", include_bias_and_norm=True,
+                             adversarial={"eps": eps, "norm": "l2", "random_start": False}, quiet=True)
+    assert abs(clipped.details["losses"][3] - expected[3]) > 1e-3
+
+
+def test_robust_landscape_bad_arguments():
+    model, batch = tiny_mlp(), tiny_batch()
+    with pytest.raises(ValueError, match="eps"):
+        loss_landscape(model, batch, steps=3, adversarial={"norm": "l2"}, quiet=True)
+    with pytest.raises(ValueError, match="unknown keys"):
+        loss_landscape(model, batch, steps=3, adversarial={"eps": 0.1, "alpha": 0.01}, quiet=True)
+    with pytest.raises(ValueError, match="space='weights'"):
+        loss_landscape(model, batch, steps=3, space="inputs", adversarial={"eps": 0.1}, quiet=True)
+    with pytest.raises(ValueError, match="clip"):
+        loss_landscape(model, batch, steps=3, adversarial={"eps": 0.1, "clip": (1.0, 0.0)}, quiet=True)

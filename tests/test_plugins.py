@@ -147,3 +147,70 @@ def test_third_party_example_installs_and_is_found(tmp_path):
         assert "found" in out.stdout
     finally:
         subprocess.run(pip + ["uninstall", "-y", "flatplug-example-plugin"], check=True)
+
+
+def _example_module():
+    import importlib.util
+
+    path = ROOT / "examples" / "third_party_plugin" / "flatplug_example_plugin.py"
+    spec = importlib.util.spec_from_file_location("flatplug_example_plugin", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_example_plugin_measures_get_what_builtins_get(tmp_path):
+    """Guards against scoring treating built-in measures specially (issue 14): the example plugin's
+    declared zoo defaults, attack-following settings and version must reach the stored rows exactly as a
+    built-in's do, and a bumped version must be computed afresh. Values are checked against sums and
+    per-image gradients computed here."""
+    import torch.nn.functional as F
+
+    from conftest import shared_path
+    from flatplug.scoring import ModelSpec, resolve_measures
+    from flatplug.sources import ZooSource, load_imagefolder
+    from flatplug.store import Store
+
+    zoo, cifar = shared_path("models", "zoo.json"), shared_path("data", "cifar10", "test.tar.gz")
+    module = _example_module()
+    plugins.get_plugins().register(module, name="example", version="0.1.0")
+    attack = {"name": "pgd", "eps": 4 / 255, "norm": "linf", "steps": 2, "random_start": False}
+    chosen = resolve_measures(["weight_norm_sq", "first_order_gain", "local_flatness"], attack)
+    assert chosen["weight_norm_sq"] == {"which": "weights"}
+    assert chosen["first_order_gain"] == {"eps": 4 / 255, "norm": "linf"}
+    assert (chosen["local_flatness"]["eps"], chosen["local_flatness"]["norm"]) == (4 / 255, "linf")  # a built-in
+    x, y = load_imagefolder(cifar, n=12)
+    spec = ModelSpec.of("zoo", "oval_base", manifest=str(zoo))
+    frame = fp.score([spec], ("cifar", x, y), measures=["weight_norm_sq", "first_order_gain"], attack=attack,
+                     store=tmp_path / "s.db", device="cpu", quiet=True).set_index("name")
+    assert (frame["status"] == "ok").all(), frame["error"].tolist()
+    model = ZooSource(zoo).load("oval_base").module
+    weights = sum(float((p.detach().double() ** 2).sum()) for p in model.parameters() if p.dim() >= 2)
+    assert frame.loc["weight_norm_sq", "value"] == pytest.approx(weights, rel=1e-6)
+    assert frame.loc["weight_norm_sq", "impl_version"] == "example:2"
+    assert json_params(frame.loc["first_order_gain", "params"]) == {"eps": 4 / 255, "norm": "linf"}
+    gains = []
+    for i in range(len(y)):  # one image at a time: an independent route to the per-sample gradients
+        xi = x[i:i + 1].clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(F.cross_entropy(model(xi), y[i:i + 1]), xi)
+        gains.append(4 / 255 * float(g.abs().sum()))
+    assert frame.loc["first_order_gain", "value"] == pytest.approx(sum(gains) / len(gains), rel=1e-4)
+
+    class Bumped:  # the same measure with its numbers changed: version 3
+        @fp.hookimpl
+        def flatplug_register_measures(self, register):
+            register("weight_norm_sq", module.weight_norm_sq, version="3", zoo_defaults={"which": "weights"})
+
+    plugins.get_plugins().unregister("example")
+    plugins.get_plugins().register(Bumped(), name="example", version="0.2.0")
+    fp.score([spec], ("cifar", x, y), measures=["weight_norm_sq"], attack=attack, store=tmp_path / "s.db",
+             device="cpu", quiet=True)
+    with Store(tmp_path / "s.db") as store:
+        versions = sorted(r["impl_version"] for r in store.rows() if r["name"] == "weight_norm_sq")
+    assert versions == ["example:2", "example:3"]
+
+
+def json_params(value):
+    import json
+
+    return json.loads(value) if isinstance(value, str) else value

@@ -145,12 +145,14 @@ def test_failures_are_recorded_and_the_run_goes_on(tmp_path, zoo, cifar):
     assert len(ok) == 3
 
 
-def test_bad_stores_and_dataset_sizes(tmp_path, cifar):
+def test_bad_stores_and_dataset_sizes(tmp_path, cifar, monkeypatch):
     ro = tmp_path / "ro.db"
     Store(ro).close()
     os.chmod(ro, 0o444)
-    if os.access(ro, os.W_OK):  # root ignores file modes
-        pytest.skip("running as root: file permissions are not enforced")
+    if os.access(ro, os.W_OK):  # root ignores file modes: let the OS answer as it does for everyone else
+        real_access = os.access
+        monkeypatch.setattr("flatplug.store.os.access",
+                            lambda p, mode: False if (Path(p) == ro and mode == os.W_OK) else real_access(p, mode))
     with pytest.raises(StoreError, match="read-only"):
         Store(ro)
 
@@ -204,3 +206,31 @@ def test_read_only_store_can_be_reported(tmp_path):
         assert store.rows()[0]["value"] == 0.5
     with pytest.raises(StoreError, match="does not exist"):
         Store(tmp_path / "nothing.db", readonly=True)
+
+
+def test_measure_rows_equal_direct_measure_calls(tmp_path, zoo, cifar):
+    """Guards against scoring handing measures other data, batches, settings or model state than a user's
+    own ``fp.measure`` call would (issue 17: zoo-run measure rows were only checked to be positive)."""
+    import flatplug as fp
+
+    measures = {"relative_flatness": {}, "hessian_trace": {"probes": 4, "tol": 0}, "local_flatness": {"steps": 2},
+                "sharpness": {"rho": 0.05, "steps": 2}}
+    attack = {"name": "pgd", "eps": 2 / 255, "steps": 1, "random_start": False}
+    data = DatasetSpec("imagefolder", str(cifar), n=16)
+    specs = [ModelSpec.of("zoo", "oval_base", manifest=str(zoo))]
+    frame = score(specs, data, measures=measures, attack=attack, store=tmp_path / "m.db", device="cpu",
+                  batch_size=8, quiet=True)
+    assert (frame["status"] == "ok").all(), frame["error"].tolist()
+    x, y = load_imagefolder(cifar, n=16)
+    batches = [(x[i:i + 8], y[i:i + 8]) for i in range(0, 16, 8)]
+    source = ZooSource(zoo)
+    checked = 0
+    for _, row in frame[frame["kind"] == "measure"].iterrows():
+        params = json.loads(row["params"]) if isinstance(row["params"], str) else row["params"]
+        for key, value in measures[row["name"]].items():
+            assert params[key] == value  # the caller's settings reach the measure
+        model = source.load(row["model"]).module
+        direct = fp.measure(row["name"], model, batches, **params)
+        assert row["value"] == pytest.approx(direct.value, rel=1e-6, abs=1e-9), (row["model"], row["name"])
+        checked += 1
+    assert checked == len(measures)

@@ -193,3 +193,173 @@ def test_bad_arguments(kwargs, match):
 def test_rho_is_required():
     with pytest.raises(TypeError):
         sharpness(tiny_mlp(), tiny_batch())  # type: ignore[call-arg]
+
+
+# -- m-sharpness (Andriushchenko et al. 2023) ----------------------------------------------------
+
+
+def test_m_sharpness_is_the_mean_of_per_batch_worst_cases():
+    """With m = 4 on 12 samples given as batches of 5 and 7, the worst case is taken per consecutive
+    group of 4 samples (0-3, 4-7, 8-11, across the caller's batch boundary) and averaged. Each group's
+    worst case is rho |g_c| + rho^2/2 u_c^T H_c u_c + O(rho^3) (g_c, H_c: that group's gradient and
+    Hessian). Guards against one worst case for all data (the mean of |g_c| exceeds |mean g_c|),
+    against groups that follow the caller's batches, and against an unweighted mix-up of groups."""
+    model = tiny_mlp()
+    x, y = tiny_batch(12)
+    rho = 1e-3
+    m = sharpness(model, [(x[:5], y[:5]), (x[5:], y[5:])], rho=rho, adaptive=False, steps=10, m=4, quiet=True)
+    params = list(model.parameters())
+    expected = []
+    for lo in (0, 4, 8):
+        xc, yc = x[lo:lo + 4], y[lo:lo + 4]
+        g = torch.cat([t.reshape(-1) for t in torch.autograd.grad(F.cross_entropy(model(xc), yc), params)])
+        u = g / g.norm()
+        expected.append(rho * float(g.norm()) + 0.5 * rho**2 * float(u @ dense_hessian(model, xc, yc) @ u))
+    assert m.details["batch_sizes"] == [4, 4, 4]
+    assert m.details["batch_sharpness"] == pytest.approx(expected, abs=1e-9)
+    assert m.value == pytest.approx(sum(expected) / 3, abs=1e-9)
+    whole = sharpness(model, (x, y), rho=rho, adaptive=False, steps=10, quiet=True).value
+    assert m.value > 1.3 * whole  # per-batch worst cases are sharper than the full-data one (1.47x here)
+
+
+def test_m_sharpness_weights_a_short_last_batch_by_its_size():
+    model = tiny_mlp()
+    x, y = tiny_batch(10)
+    rho = 1e-3
+    m = sharpness(model, (x, y), rho=rho, adaptive=False, steps=5, m=4, quiet=True)
+    assert m.details["batch_sizes"] == [4, 4, 2]
+    b = m.details["batch_sharpness"]
+    assert m.value == pytest.approx((4 * b[0] + 4 * b[1] + 2 * b[2]) / 10, rel=1e-12)
+    # m at least the number of samples: the full-data worst case, bit for bit
+    full = sharpness(model, (x, y), rho=rho, adaptive=False, steps=5, quiet=True)
+    assert sharpness(model, (x, y), rho=rho, adaptive=False, steps=5, m=10, quiet=True).value == full.value
+
+
+def test_m_only_for_the_worst_case():
+    with pytest.raises(ValueError, match="kind='worst'"):
+        sharpness(tiny_mlp(), tiny_batch(), rho=0.1, kind="average", m=4, quiet=True)
+    with pytest.raises(ValueError, match="m"):
+        sharpness(tiny_mlp(), tiny_batch(), rho=0.1, m=0, quiet=True)
+
+
+def test_linf_sign_ascent_is_a_lower_bound_stopping_at_a_local_vertex():
+    """For L = 0.5 e^T A e with A = [[1, -0.3], [-0.3, 1]] the box's vertices give 0.7 rho^2 ((+-1, +-1)
+    along the diagonal) and 1.3 rho^2 (the anti-diagonal); every vertex is a fixed point of sign ascent
+    (sign(A v) = sign(v)), so the ascent returns the vertex its start leads to: a lower bound, which for
+    some starts is the local 0.7 rho^2, never more than the maximum 1.3 rho^2."""
+    A = torch.tensor([[1.0, -0.3], [-0.3, 1.0]], dtype=torch.float64)
+    w0 = torch.tensor([0.4, -0.2], dtype=torch.float64)
+    rho = 0.1
+    x, y = torch.zeros(3, 2, dtype=torch.float64), torch.zeros(3, dtype=torch.long)
+    values = [sharpness(Quadratic(w0), (x, y), rho=rho, kind="worst", adaptive=False, norm="linf",
+                        loss_fn=quadratic_loss(A, w0), seed=seed, quiet=True).value for seed in range(12)]
+    for v in values:  # exactly one of the two vertex values
+        assert min(abs(v - 0.7 * rho**2), abs(v - 1.3 * rho**2)) < 1e-12, v
+    assert any(abs(v - 0.7 * rho**2) < 1e-12 for v in values)  # stuck at a local vertex for some starts
+    assert any(abs(v - 1.3 * rho**2) < 1e-12 for v in values)
+
+
+# -- robust (adversarial) sharpness (Stutz et al. 2021) on logistic regression, exact ------------
+
+
+class LinearLogit(nn.Module):
+    """``x -> [0, w.x + b]``: the softmax cross-entropy of these logits is the logistic loss."""
+
+    def __init__(self, w: torch.Tensor, b: float):
+        super().__init__()
+        self.weight = nn.Parameter(w.detach().clone().reshape(1, -1))
+        self.bias = nn.Parameter(torch.tensor([float(b)], dtype=w.dtype))
+
+    def forward(self, x):
+        z = x.flatten(1) @ self.weight[0] + self.bias[0]
+        return torch.stack([torch.zeros_like(z), z], 1)
+
+
+def robust_logistic_loss(x, y, w, b, eps):
+    """The worst L2 perturbation of norm eps of a linear score lowers every margin s (w.x + b) by exactly
+    eps ||w|| (Cauchy-Schwarz, attained at d = -eps s w / ||w||), so the robust logistic loss is
+    mean softplus(-(s (w.x + b) - eps ||w||)) with s = 2y - 1."""
+    s = 2.0 * y.to(x.dtype) - 1.0
+    return F.softplus(-(s * (x.flatten(1) @ w + b) - eps * w.norm())).mean(-1)
+
+
+def mnist_two_features(n=300):
+    """Real MNIST 3s and 7s reduced to two inputs in [0, 1]: the mean ink of the top and bottom halves."""
+    from conftest import shared_path
+    from flatplug.sources import load_mnist
+
+    data = load_mnist(shared_path("data", "mnist"), n=3 * n)
+    keep = (data.y == 3) | (data.y == 7)
+    img = data.x[keep][:n].double()
+    x = torch.stack([img[:, 0, :14].mean((1, 2)), img[:, 0, 14:].mean((1, 2))], 1)
+    return x, (data.y[keep][:n] == 7).long()
+
+
+def test_adversarial_worst_sharpness_equals_brute_force_on_the_closed_form():
+    """Robust sharpness of logistic regression on real MNIST features (L2 ball of inputs, no clipping),
+    in the 3 weights (w1, w2, b): the closed-form robust loss is convex in the weights, so its maximum
+    over the rho-ball lies on the sphere, found here by brute force over 40,000 sphere points. PGD re-run
+    at every ascent step reproduces it. Guards against the attack being dropped at the perturbed weights
+    (the clean loss's maximum is far from it) and against a wrong unperturbed robust loss."""
+    x, y = mnist_two_features()
+    w, b, eps = torch.tensor([5.0, -20.0], dtype=torch.float64), 2.0, 0.05  # ~ the logistic fit (75% acc.)
+    rho = 0.3 * float(torch.cat([w, torch.tensor([b], dtype=torch.float64)]).norm())
+    model = LinearLogit(w, b)
+    adv = {"eps": eps, "norm": "l2", "clip": None, "random_start": False, "steps": 5, "step_size": eps}
+    m = sharpness(model, (x, y), rho=rho, kind="worst", adaptive=False, steps=40, adversarial=adv, quiet=True)
+    base = robust_logistic_loss(x, y, w, b, eps)
+    assert m.details["loss"] == pytest.approx(float(base), rel=1e-12)
+    # brute force: a Fibonacci lattice on the sphere of radius rho in (w1, w2, b)
+    k = torch.arange(40000, dtype=torch.float64) + 0.5
+    polar, azimuth = torch.acos(1 - 2 * k / 40000), math.pi * (1 + 5**0.5) * k
+    d = rho * torch.stack([polar.sin() * azimuth.cos(), polar.sin() * azimuth.sin(), polar.cos()], 1)
+    ws, bs = w + d[:, :2], b + d[:, 2:]  # [points, 2], [points, 1]
+    s = 2.0 * y.double() - 1.0
+    robust = F.softplus(-(s * (ws @ x.T + bs) - eps * ws.norm(dim=1, keepdim=True))).mean(1)
+    brute = float(robust.max() - base)
+    assert m.value == pytest.approx(brute, rel=1e-3)
+    clean = float(F.softplus(-(s * (ws @ x.T + bs))).mean(1).max() - F.softplus(-(s * (x @ w + b))).mean())
+    assert abs(clean - brute) > 0.01 * brute, (clean, brute)  # 1.7%: 17x the tolerance above
+
+
+def test_adversarial_average_sharpness_matches_the_closed_form_hessian_trace():
+    """Average-case robust sharpness with Gaussian eps ~ N(0, rho^2 I) in (w1, w2, b): E[R(w + eps)] - R(w)
+    = rho^2 / 2 Tr(H_R) + O(rho^4) (odd terms vanish), H_R the Hessian of the closed-form robust loss,
+    here by autograd. The frozen-example loss has a smaller trace (no curvature from eps ||w||), so the
+    test tells re-optimised from frozen adversarial examples apart."""
+    x, y = mnist_two_features()
+    s = 2.0 * y.double() - 1.0
+    eps = 0.3
+
+    def robust(t):
+        return F.softplus(-(s * (x @ t[:2] + t[2]) - eps * t[:2].norm())).mean()
+
+    # at the adversarially trained weights (the minimiser of R) the first-order term's noise vanishes
+    theta = torch.tensor([5.0, -20.0, 2.0], dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([theta], max_iter=200, tolerance_grad=1e-12, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = robust(theta)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    theta = theta.detach()
+    w, b = theta[:2], float(theta[2])
+    model = LinearLogit(w, b)
+    adv = {"eps": eps, "norm": "l2", "clip": None, "random_start": False, "steps": 5, "step_size": eps}
+    rho, n = 0.5, 400
+    m = sharpness(model, (x, y), rho=rho, kind="average", adaptive=False, samples=n, adversarial=adv, quiet=True)
+
+    x_frozen = x - eps * s[:, None] * (w / w.norm())
+
+    def frozen(t):
+        return F.softplus(-(s * (x_frozen @ t[:2] + t[2]))).mean()
+
+    h = torch.autograd.functional.hessian(robust, theta)
+    expected = rho**2 / 2 * float(torch.trace(h))
+    frozen_expected = rho**2 / 2 * float(torch.trace(torch.autograd.functional.hessian(frozen, theta)))
+    se = m.details["std_error"]
+    assert abs(m.value - expected) < 5 * se, (m.value, expected, se)
+    assert abs(frozen_expected - expected) > 10 * se, (frozen_expected, expected, se)

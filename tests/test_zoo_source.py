@@ -96,10 +96,24 @@ def test_every_model_builds_and_loads_its_checkpoint(zoo: ZooSource, raw: dict, 
         assert out.shape == (2, 10), name
 
 
-def test_module_loads_the_raw_checkpoint(zoo: ZooSource, manifest: Path, raw: dict) -> None:
+def test_module_loads_the_raw_checkpoint(zoo: ZooSource, manifest: Path, raw: dict, mnist200: LabeledImages) -> None:
+    """The loaded module holds the file's tensors under the file's keys, so ``module.load_state_dict(file)`` restores
+    it: scrambled weights come back to the same logits. Guards against a source that does not load the checkpoint
+    (or loads it under other keys) and a wrapper whose state_dict keys differ from the file's."""
     model = zoo.load("trades_smallcnn").module
     state = torch.load(manifest.parent / raw["trades_smallcnn"]["file"], weights_only=True)
+    got = model.state_dict()
+    assert set(got) == set(state) and all(torch.equal(got[k], state[k]) for k in state)
+    x = mnist200.x[:64]
+    with torch.no_grad():
+        before = model(x)
+        for p in model.parameters():
+            p.mul_(-0.5)
+        assert not torch.equal(model(x), before)
     model.load_state_dict(state, strict=True)  # keys are the manifest's layer indices
+    with torch.no_grad():
+        assert torch.equal(model(x), before)
+    assert float((before.argmax(1) == mnist200.y[:64]).float().mean()) > 0.9
 
 
 # -- clean accuracy on real test images ---------------------------------------------------------
@@ -291,3 +305,36 @@ def test_optional_manifest_keys_travel(tmp_path: Path, raw: dict, manifest: Path
     loaded = ZooSource(_local_zoo(tmp_path, raw, {"m": entry})).load("m", device=None)
     assert loaded.threat_model == "Linf" and loaded.metadata["clean_accuracy"] == 0.98
     assert loaded.metadata["checkpoint"] == str(tmp_path.resolve() / "m.pt")
+
+
+def test_fingerprint_follows_the_checkpoint_and_what_builds_the_model(manifest: Path, tmp_path: Path) -> None:
+    """Guards against a zoo fingerprint that misses a change scoring would see: other weights in the file, or
+    the same file read with another normalisation (the loaded model differs, so stored results must not match)."""
+    import hashlib
+
+    from flatplug.sources import ZooSource
+
+    entries = json.loads(manifest.read_text())
+    entry = dict(entries["oval_base"], file="w.pt")
+    shutil.copyfile(manifest.parent / entries["oval_base"]["file"], tmp_path / "w.pt")
+    (tmp_path / "zoo.json").write_text(json.dumps({"oval_base": entry,
+                                                   "shifted": dict(entry, mean=[m + 0.1 for m in entry["mean"]])}))
+    zoo = ZooSource(tmp_path / "zoo.json")
+    base = zoo.fingerprint("oval_base")
+    assert len(base) == 64 and base != zoo.fingerprint("shifted")  # same file, other normalisation
+    digest = hashlib.sha256((tmp_path / "w.pt").read_bytes()).hexdigest()
+    from flatplug.sources.fingerprint import combine
+
+    assert base == combine(checkpoint=digest, layers=entry["layers"], input=entry["input"], mean=entry["mean"],
+                           std=entry["std"])
+    state = torch.load(tmp_path / "w.pt", weights_only=True)
+    first = next(iter(state))
+    state[first] = state[first] + 1e-3
+    torch.save(state, tmp_path / "w.pt")
+    import os
+
+    st = (tmp_path / "w.pt").stat()  # a coarse file-system clock must not hide the rewrite from the cache
+    os.utime(tmp_path / "w.pt", ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    assert ZooSource(tmp_path / "zoo.json").fingerprint("oval_base") != base
+    with pytest.raises(UnknownModelError, match="Did you mean 'oval_base'"):
+        zoo.fingerprint("oval_bas")

@@ -7,6 +7,8 @@ helpers inside a family are imported from its module
 
 from __future__ import annotations
 
+from . import feature_displacement as _feature_displacement
+from . import feature_robustness as _feature_robustness
 from . import hessian_density as _hessian_density
 from . import hessian_eigenvalues as _hessian_eigenvalues
 from . import hessian_trace as _hessian_trace
@@ -14,6 +16,8 @@ from . import local_flatness as _local_flatness
 from . import loss_landscape as _loss_landscape
 from . import relative_flatness as _relative_flatness
 from . import sharpness as _sharpness
+from .feature_displacement import feature_displacement
+from .feature_robustness import feature_robustness
 from .hessian_density import hessian_density
 from .hessian_eigenvalues import hessian_eigenvalues
 from .hessian_trace import hessian_trace
@@ -23,7 +27,7 @@ from .relative_flatness import relative_flatness
 from .sharpness import sharpness
 
 _MODULES = (_relative_flatness, _hessian_eigenvalues, _hessian_trace, _hessian_density, _sharpness,
-            _loss_landscape, _local_flatness)
+            _loss_landscape, _local_flatness, _feature_robustness, _feature_displacement)
 #: every built-in measure, by its registered name
 MEASURES = {fn.__name__: fn for fn in (getattr(m, m.__name__.rsplit(".", 1)[1]) for m in _MODULES)}
 #: what each built-in measure declares when it registers (version, zoo defaults, ...)

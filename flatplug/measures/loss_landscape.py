@@ -15,6 +15,14 @@ of the parameter (``"filter"``, ``"layer"``) or kept raw (``"none"``).
 radius), ``direction="gradient"`` takes the sign of the input gradient of the loss (FGSM's
 direction) for ``d1``, with a Rademacher ``d2`` for a 2-D grid.
 
+``adversarial={eps, norm, steps, step_size, random_start, clip, seed}`` (weight space only): the
+robust-loss landscape of Stutz et al. 2021 ("Relating Adversarially Robust Generalization to
+Flat Minima", https://arxiv.org/abs/2104.04448) and Yamada et al. 2021 (https://arxiv.org/abs/2102.02950):
+at every grid point the adversarial examples are re-optimised by PGD against the perturbed
+weights, so ``losses`` is ``mean_i max_{||d_i|| <= eps} loss(f(x_i + d_i; w + a d1), y_i)`` (as far
+as PGD finds the maximum) and ``accuracies`` the robust accuracy. ``clip=None`` leaves the
+inputs unconstrained (needed for the analysis of linear models); the default keeps them in [0, 1].
+
 The grid has ``steps`` points per direction, evenly spaced in [-span, span], with 0 in the
 middle (``steps`` must be odd). ``value`` is the mean over the grid of ``loss - centre_loss``:
 the average rise of the loss around the model, large for sharp landscapes.
@@ -23,13 +31,14 @@ the average rise of the loss around the model, large for sharp landscapes.
 from __future__ import annotations
 
 import time
+from typing import Any, Mapping
 
 import torch
 from torch import nn
 
 from .._data import Batches, model_device_dtype
 from .._loss import LossFn, per_sample_loss, resolve_loss
-from .._perturb import data_loss, random_like, set_weights
+from .._perturb import adversarial_attack, data_loss, random_like, set_weights
 from .._progress import progress
 from .._state import preserved
 from .._validation import check_choice, check_logits, check_positive
@@ -80,10 +89,14 @@ def loss_landscape(
     direction: str = "random",
     include_bias_and_norm: bool = False,
     seed: int = 0,
+    adversarial: Mapping[str, Any] | None = None,
     loss_fn: LossFn | None = None,
     quiet: bool = False,
 ) -> Measurement:
     """Mean loss and accuracy on a 1-D or 2-D grid around the model, in weight or input space.
+
+    Li et al. 2018, https://arxiv.org/abs/1712.09913; with ``adversarial`` the robust loss, the
+    attack re-run at every grid point (Stutz et al. 2021, https://arxiv.org/abs/2104.04448).
 
     ``directions``: 1 (a curve) or 2 (a surface). ``steps``: odd number of grid points per
     direction, spread over [-span, span]. ``normalization`` and ``include_bias_and_norm`` apply to
@@ -111,7 +124,10 @@ def loss_landscape(
         )
     if not isinstance(seed, int):
         raise TypeError(f"seed: expected an integer, got {type(seed).__name__}")
+    if adversarial is not None and space != "weights":
+        raise ValueError("adversarial: robust-loss landscapes are defined in weight space; use space='weights'")
     loss_fn = resolve_loss(loss_fn)
+    attack, adv_settings = adversarial_attack(adversarial, loss_fn)
     generator = torch.Generator().manual_seed(seed)
     alphas = grid(steps, float(span))
     betas = grid(steps, float(span)) if directions == 2 else [0.0]
@@ -134,7 +150,7 @@ def loss_landscape(
                 for i, j in progress(points, desc="loss landscape", quiet=quiet):
                     offsets = [(alphas[i], dirs[0])] + ([(betas[j], dirs[1])] if directions == 2 else [])
                     set_weights(ps, base, *offsets)
-                    losses[i][j], accs[i][j], _ = data_loss(model, batches, loss_fn)
+                    losses[i][j], accs[i][j], _ = data_loss(model, batches, loss_fn, attack=attack)
             finally:
                 set_weights(ps, base)
         artifacts["directions"] = [{n: d for (n, _), d in zip(named, ds)} for ds in dirs]
@@ -160,6 +176,7 @@ def loss_landscape(
             "include_bias_and_norm": bool(include_bias_and_norm) if space == "weights" else None,
             "direction": direction,
             "seed": seed,
+            "adversarial": adv_settings,
         },
     }
     if directions == 2:

@@ -1,16 +1,35 @@
 """Relative flatness of the penultimate layer (Petzka et al. 2021, kappa_Tr).
 
-For logits ``z = W phi + b`` and softmax cross-entropy, the Hessian block of the loss
-w.r.t. rows ``w_s, w_s'`` of ``W`` is ``(p_s delta_ss' - p_s p_s') phi phi^T``, so
+Petzka et al. 2021 ("Relative Flatness and Generalization", https://arxiv.org/abs/2001.00939)
+define, for the weights ``W`` (rows ``w_s``) that multiply the feature vector ``phi`` and the
+Hessian ``H`` of the mean loss w.r.t. ``W`` (blocks ``H_ss'`` w.r.t. rows ``w_s``, ``w_s'``),
 
-* ``variant="pairwise"`` (Petzka's kappa_Tr):
-  ``sum_{s,s'} <w_s, w_s'> Tr(H_ss') = ||phi||^2 (sum_k p_k ||w_k||^2 - ||sum_k p_k w_k||^2)``;
-* ``variant="trace"`` (the form in Walter et al. 2025):
-  ``||W||_F^2 Tr(H)`` with ``Tr(H) = (1 - ||p||^2) ||phi||^2``.
+* ``variant="pairwise"``: ``kappa_Tr = sum_{s,s'} <w_s, w_s'> Tr(H_ss')``, their relative
+  flatness. For logits ``z = W phi + b`` and softmax cross-entropy ``H_ss' = (p_s delta_ss' -
+  p_s p_s') phi phi^T`` per sample, so ``kappa_Tr = ||phi||^2 (sum_k p_k ||w_k||^2 - ||sum_k p_k
+  w_k||^2)``: the squared feature norm times the variance of the weight vectors under the
+  predicted class distribution. This closed form is the one Walter et al. 2025 ("When Flatness
+  Does (Not) Guarantee Adversarial Robustness", https://arxiv.org/abs/2510.14231) derive for
+  relative flatness; it vanishes when the prediction is confident, right or wrong.
+* ``variant="trace"``: ``||W||_F^2 Tr(H)``, the product of the squared weight norm and the trace
+  of the whole Hessian w.r.t. ``W`` (for cross-entropy ``Tr(H) = (1 - ||p||^2) ||phi||^2`` per
+  sample). It is neither paper's relative flatness: it is the layer-wise simplification that
+  Petzka et al.'s code reports next to kappa_Tr (the FAM regulariser's ``layerwise_trace``
+  multiplies ``Tr(H)`` by the *unsquared* ``||W||_F``; the square here keeps the invariance to
+  ``phi -> a phi, W -> W / a``). For a loss convex in the logits it is an upper bound,
+  ``kappa_Tr <= ||W||_F^2 Tr(H)`` (``Tr(W W^T G) <= Tr(W W^T) Tr(G)`` for positive semi-definite
+  ``G``, the Hessian w.r.t. the logits).
 
-Both are computed per sample and averaged (the Hessian of the mean loss is the mean of
-the per-sample Hessians). ``exact=True`` builds the Hessian w.r.t. ``W`` with autograd
-instead: the slow reference.
+Both are computed per sample and averaged (the Hessian of the mean loss is the mean of the
+per-sample Hessians).
+
+``loss_fn`` (any per-sample ``loss_fn(logits, y)``): the closed form holds for softmax
+cross-entropy only (the default). For another loss the block traces come from Hessian-vector
+products on the penultimate weights: each sample's loss is differentiated w.r.t. its own copy of
+``W``, and since the logits are linear in ``W`` every block ``H_ss'`` of a sample is a multiple
+of ``phi phi^T``, whose trace is its quadratic form along ``phi / ||phi||``; ``K`` (classes)
+Hessian-vector products per chunk of samples give all ``Tr(H_ss')`` exactly.
+``exact=True`` builds the dense Hessian w.r.t. ``W`` with autograd instead: the slow reference.
 """
 
 from __future__ import annotations
@@ -21,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._loss import LossFn, cross_entropy, per_sample_loss, resolve_loss
 from .._state import preserved
 from .._validation import check_choice
 from ..features import FeatureCapture, capture_features, features_and_logits, find_layer  # noqa: F401 (re-exported)
@@ -28,6 +48,8 @@ from ..registry import ForwardPass, MeasureInfo
 from ..types import Measurement
 
 VARIANTS = ("pairwise", "trace")
+#: samples per chunk of the Hessian-vector-product path (each holds its own copy of W)
+HVP_CHUNK = 256
 
 
 def closed_form(
@@ -47,14 +69,61 @@ def closed_form(
     return weight.pow(2).sum() * (1.0 - p.pow(2).sum(1)) * phi_sq
 
 
+def block_traces(
+    phi: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, y: torch.Tensor, loss_fn: LossFn
+) -> torch.Tensor:
+    """Per sample, ``Tr(H_ss')`` for all class pairs: ``[N, K, K]``, by Hessian-vector products on ``W``.
+
+    ``H`` is the Hessian of the sample's ``loss_fn(W phi + b, y)`` w.r.t. ``W`` (its own copy per
+    sample, so one product serves all samples). The logits are linear in ``W``, so the block
+    ``H_ss'`` is ``G_ss' phi phi^T`` (``G``: the Hessian w.r.t. the logits) and its trace is the
+    quadratic form ``<e_s u^T, H e_s' u^T>`` with ``u = phi / ||phi||``: one product per class ``s'``.
+    """
+    n, d = phi.shape
+    k = weight.shape[0]
+    out = torch.zeros(n, k, k, dtype=phi.dtype, device=phi.device)
+    for lo in range(0, n, HVP_CHUNK):
+        ph, yy = phi[lo:lo + HVP_CHUNK].detach(), y[lo:lo + HVP_CHUNK]
+        m = ph.shape[0]
+        u = ph / ph.norm(dim=1, keepdim=True).clamp_min(torch.finfo(ph.dtype).tiny)
+        w_copies = weight.detach().expand(m, k, d).clone().requires_grad_(True)
+        with torch.enable_grad():
+            logits = torch.einsum("nkd,nd->nk", w_copies, ph)
+            if bias is not None:
+                logits = logits + bias.detach()
+            losses = per_sample_loss(loss_fn, logits, yy)
+            if not losses.requires_grad:
+                continue  # a loss constant in the logits: a zero Hessian
+            (g,) = torch.autograd.grad(losses.sum(), w_copies, create_graph=True)
+            if not g.requires_grad:
+                continue  # a loss linear in the logits: a zero Hessian
+            for t in range(k):
+                probe = torch.zeros_like(w_copies)
+                probe[:, t, :] = u
+                (hv,) = torch.autograd.grad(g, w_copies, grad_outputs=probe, retain_graph=t < k - 1,
+                                            allow_unused=True)
+                if hv is not None:
+                    out[lo:lo + m, :, t] = (hv * u[:, None, :]).sum(-1).detach()
+    return out
+
+
+def from_block_traces(traces: torch.Tensor, weight: torch.Tensor, *, variant: str) -> torch.Tensor:
+    """Per-sample kappa from per-sample block traces ``[N, K, K]``."""
+    if variant == "pairwise":
+        return (traces * (weight @ weight.T)).sum((1, 2))
+    return weight.pow(2).sum() * traces.diagonal(dim1=1, dim2=2).sum(1)
+
+
 def exact_from_hessian(
-    phi: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, y: torch.Tensor, *, variant: str
+    phi: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, y: torch.Tensor, *, variant: str,
+    loss_fn: LossFn | None = None,
 ) -> float:
-    """The same quantity from the autograd Hessian of the mean cross-entropy w.r.t. ``weight``."""
+    """The same quantity from the dense autograd Hessian of the mean loss w.r.t. ``weight``."""
     k, d = weight.shape
+    loss_fn = resolve_loss(loss_fn)
 
     def loss(w_flat: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(F.linear(phi, w_flat.reshape(k, d), bias), y)
+        return per_sample_loss(loss_fn, F.linear(phi, w_flat.reshape(k, d), bias), y).mean()
 
     h = torch.autograd.functional.hessian(loss, weight.detach().reshape(-1), vectorize=True).reshape(k, d, k, d)
     block_traces = torch.einsum("sjtj->st", h)  # Tr(H_{s,s'})
@@ -72,9 +141,11 @@ def from_features(
     variant: str = "pairwise",
     normalize_features: bool = False,
     exact: bool = False,
+    loss_fn: LossFn | None = None,
 ) -> Measurement:
     """The measure from captured features (shared by the measure and by scoring's single forward pass)."""
     check_choice(variant, "variant", VARIANTS)
+    loss_fn = resolve_loss(loss_fn)
     start = time.perf_counter()
     weight = linear.weight.detach().to(phi.dtype)
     bias = None if linear.bias is None else linear.bias.detach().to(phi.dtype)
@@ -84,14 +155,19 @@ def from_features(
         phi, weight = phi / std, weight * std
     if exact:
         with torch.enable_grad():
-            value = exact_from_hessian(phi, weight, bias, y, variant=variant)
-        per_sample = None
+            value = exact_from_hessian(phi, weight, bias, y, variant=variant, loss_fn=loss_fn)
+        per_sample, method = None, "dense_hessian"
+    elif loss_fn is cross_entropy:
+        per_sample, method = closed_form(phi, weight, bias, variant=variant), "closed_form"
+        value = float(per_sample.mean())
     else:
-        per_sample = closed_form(phi, weight, bias, variant=variant)
+        traces = block_traces(phi, weight, bias, y, loss_fn)
+        per_sample, method = from_block_traces(traces, weight, variant=variant), "hessian_vector_products"
         value = float(per_sample.mean())
     p = torch.softmax(F.linear(phi, weight, bias), 1)
     details = {
         "variant": variant,
+        "method": method,
         "layer": layer_name,
         "normalize_features": normalize_features,
         "exact": exact,
@@ -119,21 +195,28 @@ def relative_flatness(
     variant: str = "pairwise",
     normalize_features: bool = False,
     exact: bool = False,
+    loss_fn: LossFn | None = None,
     quiet: bool = False,
 ) -> Measurement:
-    """Relative flatness kappa_Tr of ``layer``'s weights for softmax cross-entropy (lower is flatter).
+    """Relative flatness kappa_Tr of ``layer``'s weights (lower is flatter).
 
-    ``normalize_features=True`` divides each feature by its standard deviation over the data
-    and multiplies the matching weight column by it (Petzka et al.), so the network's function
-    is unchanged and the measure becomes invariant to per-feature rescaling.
+    Petzka et al. 2021, https://arxiv.org/abs/2001.00939; closed form for cross-entropy: Walter et
+    al. 2025, https://arxiv.org/abs/2510.14231 (see the module docstring for both variants).
+    ``loss_fn``: any per-sample loss (default softmax cross-entropy, by the closed form; another
+    loss by Hessian-vector products on the penultimate weights). ``normalize_features=True``
+    divides each feature by its standard deviation over the data and multiplies the matching
+    weight column by it (Petzka et al.), so the network's function is unchanged and the measure
+    becomes invariant to per-feature rescaling. ``per_sample``: each sample's kappa (None with
+    ``exact=True``); ``details["method"]`` says how it was computed.
     """
     check_choice(variant, "variant", VARIANTS)
+    resolve_loss(loss_fn)  # a bad loss_fn fails before the forward pass
     start = time.perf_counter()
     name, linear = find_layer(model, layer)
     with preserved(model):
         phi, _, y = features_and_logits(model, data, linear, quiet=quiet)
         result = from_features(phi, y, linear, layer_name=name, variant=variant,
-                               normalize_features=normalize_features, exact=exact)
+                               normalize_features=normalize_features, exact=exact, loss_fn=loss_fn)
     result.seconds = time.perf_counter() - start
     return result
 
@@ -152,5 +235,5 @@ INFO = MeasureInfo(
           "https://arxiv.org/abs/2510.14231",
     default=True,
     from_forward=from_forward,
-    forward_params=frozenset({"variant", "normalize_features"}),
+    forward_params=frozenset({"variant", "normalize_features", "loss_fn"}),
 )

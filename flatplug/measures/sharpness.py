@@ -2,21 +2,45 @@
 
 For weights ``w`` and a perturbation ``delta``,
 
-* ``kind="worst"`` (Keskar et al. 2017; Foret et al. 2021, SAM):
-  ``max_{||eps|| <= rho} L(w + delta(eps)) - L(w)``, found by projected gradient ascent in
-  weight space (normalised-gradient steps for ``norm="l2"``, sign steps for ``"linf"``,
-  projection onto the ball after each step, the best value seen kept, so the result is >= 0
-  as ``delta = 0`` lies in the ball). The ascent starts
-  from a small random point (1% of ``rho``) because at a minimum the gradient is zero.
+* ``kind="worst"`` (Keskar et al. 2017; Foret et al. 2021, SAM; Andriushchenko et al. 2023):
+  ``max_{||eps|| <= rho} L(w + delta(eps)) - L(w)``, searched by projected gradient ascent in
+  weight space: normalised-gradient steps and projection onto the l2 ball for ``norm="l2"``,
+  sign steps and clamping to the box for ``"linf"``, the best value seen kept. Every value seen
+  is the loss at a point of the ball, so the result is a **lower bound** on the true maximum
+  (and >= 0, as ``delta = 0`` lies in the ball); for ``"linf"`` sign ascent stops at a vertex
+  where the gradient's signs agree with the vertex's (a local maximum of the box), which can lie
+  well below the best vertex. The ascent starts from a small random point (1% of ``rho``)
+  because at a minimum the gradient is zero.
 * ``kind="average"`` (Keskar et al. 2017; Andriushchenko et al. 2023):
-  ``E_eps[L(w + delta(eps))] - L(w)`` with ``eps ~ N(0, rho^2 I)`` (``"l2"``) or
-  ``eps ~ U[-rho, rho]^n`` (``"linf"``), estimated from ``samples`` draws with its standard error.
+  ``E_eps[L(w + delta(eps))] - L(w)`` with ``eps ~ N(0, rho^2 I)`` (``"l2"``: ``rho`` is the
+  standard deviation per coordinate, not a radius) or ``eps ~ U[-rho, rho]^n`` (``"linf"``),
+  estimated from ``samples`` draws with its standard error.
 
 ``adaptive=True`` uses ``delta = |w| * eps`` elementwise, the scale-invariant adaptive sharpness
-of Kwon et al. 2021 (ASAM) and Andriushchenko et al. 2023 ("A modern look at the relationship
-between sharpness and generalization"); ``adaptive=False`` uses ``delta = eps``.
+of Kwon et al. 2021 (ASAM) and Andriushchenko et al. 2023; ``adaptive=False`` uses ``delta = eps``.
 
-``L`` is the mean per-sample loss over all of ``data``; the ascent uses the full-data gradient.
+``m`` (``kind="worst"`` only): Andriushchenko et al.'s m-sharpness. The data, in order, are cut
+into consecutive batches of ``m`` samples (across the caller's batch boundaries; the last batch
+may be smaller), the worst case is searched for each batch separately, and the batches'
+sharpness values are averaged weighted by their sizes (equal weights when ``m`` divides the
+number of samples, as the official code requires). ``m=None``: one worst case for all the data.
+
+What this computes against the official code (tml-epfl/sharpness-vs-generalization,
+``sharpness.py``): the same feasible sets (``||delta / |w|||_2 <= rho`` or ``|delta| <= rho |w|``
+when adaptive), the same noise for the average case, every parameter perturbed by default
+(biases and normalisation layers included), the model in eval mode, ``L`` the mean
+cross-entropy of each batch. The official worst case runs an APGD-style ascent (momentum 0.75,
+step size 2 rho halved on stalls, 20 iterations, optional random start); this one runs plain
+projected ascent with the best value kept. Both are lower bounds on the maximum.
+
+``adversarial={eps, norm, steps, step_size, random_start, clip, seed}`` (Stutz et al. 2021,
+"Relating Adversarially Robust Generalization to Flat Minima", https://arxiv.org/abs/2104.04448):
+``L`` becomes the robust loss ``mean_i max_{||d_i|| <= eps} loss(f(x_i + d_i; w), y_i)``, with
+PGD re-run on every batch at every evaluated weight; the ascent's weight gradient is taken at
+those adversarial examples (Danskin's theorem). Stutz et al. perturb each layer relative to its
+norm and leave normalisation layers out; choose the family here with ``adaptive``, ``norm`` and
+``params``.
+
 The model runs in eval mode and its weights are restored exactly afterwards.
 """
 
@@ -24,6 +48,7 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Any, Mapping
 
 import torch
 from torch import nn
@@ -31,7 +56,7 @@ from torch import nn
 from .._data import Batches
 from .._loss import LossFn, resolve_loss
 from .._params import ParamSpec, select_params
-from .._perturb import data_loss, global_norm, random_like, set_weights
+from .._perturb import adversarial_attack, data_loss, global_norm, random_like, set_weights
 from .._progress import progress
 from .._state import preserved
 from .._validation import check_choice, check_positive
@@ -63,18 +88,24 @@ def sharpness(
     samples: int = 100,
     params: ParamSpec = None,
     seed: int = 0,
+    m: int | None = None,
+    adversarial: Mapping[str, Any] | None = None,
     loss_fn: LossFn | None = None,
     quiet: bool = False,
 ) -> Measurement:
     """Worst-case or average-case (adaptive) sharpness of the loss in a ``rho``-ball of weights.
 
-    ``rho``: radius of the ball (of ``eps``; with ``adaptive`` the weights move by ``|w| * eps``).
-    ``kind``: ``"worst"`` (projected gradient ascent, ``steps`` steps of ``step_size``; default
-    ``step_size`` is ``rho`` for l2, one step reaching the sphere as SAM's ascent does, and
-    ``rho / 4`` for linf) or ``"average"`` (``samples`` random draws). ``norm``: ``"l2"`` or ``"linf"``.
-    ``params``: the parameters to perturb (default all). Returns the sharpness as ``value``;
-    ``details`` hold the unperturbed ``loss``, the ``perturbed_loss`` and the settings
-    (``std_error`` of the estimate for ``kind="average"``).
+    Andriushchenko et al. 2023, https://arxiv.org/abs/2302.07011 (see the module docstring for
+    exactly what is computed). ``rho``: radius of the ball (of ``eps``; with ``adaptive`` the
+    weights move by ``|w| * eps``). ``kind``: ``"worst"`` (projected gradient ascent, ``steps``
+    steps of ``step_size``; default ``step_size`` is ``rho`` for l2, one step reaching the sphere
+    as SAM's ascent does, and ``rho / 4`` for linf; a lower bound on the maximum) or ``"average"``
+    (``samples`` random draws). ``norm``: ``"l2"`` or ``"linf"``. ``params``: the parameters to
+    perturb (default all). ``m``: worst case per batch of ``m`` samples, averaged (m-sharpness).
+    ``adversarial``: measure the robust loss, re-attacking at every weight (Stutz et al. 2021).
+    Returns the sharpness as ``value``; ``details`` hold the unperturbed ``loss``, the
+    ``perturbed_loss`` and the settings (``std_error`` of the estimate for ``kind="average"``;
+    ``batch_sharpness`` per batch with ``m``).
     """
     start = time.perf_counter()
     check_positive(rho, "rho")
@@ -86,7 +117,13 @@ def sharpness(
         check_positive(step_size, "step_size")
     if not isinstance(seed, int):
         raise TypeError(f"seed: expected an integer, got {type(seed).__name__}")
+    if m is not None:
+        _check_count(m, "m")
+        if kind != "worst":
+            raise ValueError("m: m-sharpness applies to kind='worst'; the average case is the same for every m "
+                             "(an expectation is linear), so leave m=None for kind='average'")
     loss_fn = resolve_loss(loss_fn)
+    attack, adv_settings = adversarial_attack(adversarial, loss_fn)
     batches = Batches(data)
     named = select_params(model, params)
     if step_size is None:
@@ -97,16 +134,32 @@ def sharpness(
         base = [p.detach().clone() for p in ps]
         scales = [b.abs() for b in base] if adaptive else [torch.ones_like(b) for b in base]
         generator = torch.Generator().manual_seed(seed)
-        loss0, _, _ = data_loss(model, batches, loss_fn)
         try:
             if kind == "worst":
                 for p in ps:
                     p.requires_grad_(True)
-                perturbed, extra = _worst(model, batches, loss_fn, ps, base, scales, rho, norm, steps,
-                                          step_size, generator, loss0, quiet)
+                groups = [batches] if m is None else [Batches(c) for c in _consecutive(batches, m)]
+                sizes, losses0, bests, extras = [], [], [], []
+                for group in progress(groups, desc="sharpness (batches of m)", quiet=quiet or len(groups) == 1):
+                    set_weights(ps, base)
+                    loss0_g, _, _ = data_loss(model, group, loss_fn, attack=attack)
+                    best_g, extra = _worst(model, group, loss_fn, ps, base, scales, rho, norm, steps, step_size,
+                                           generator, loss0_g, quiet or len(groups) > 1, attack)
+                    sizes.append(group.num_samples)
+                    losses0.append(loss0_g)
+                    bests.append(best_g)
+                    extras.append(extra)
+                total = sum(sizes)
+                loss0 = sum(n * v for n, v in zip(sizes, losses0)) / total
+                perturbed = sum(n * v for n, v in zip(sizes, bests)) / total
+                extra = extras[0] if m is None else {
+                    "steps": steps, "step_size": float(step_size), "m": m, "batch_sizes": sizes,
+                    "batch_sharpness": [b - l for b, l in zip(bests, losses0)],
+                    "best_steps": [e["best_step"] for e in extras]}
             else:
+                loss0, _, _ = data_loss(model, batches, loss_fn, attack=attack)
                 perturbed, extra = _average(model, batches, loss_fn, ps, base, scales, rho, norm, samples,
-                                            generator, quiet)
+                                            generator, quiet, attack)
         finally:
             set_weights(ps, base)
 
@@ -118,6 +171,8 @@ def sharpness(
         "adaptive": bool(adaptive),
         "norm": norm,
         "seed": seed,
+        "m": m,
+        "adversarial": adv_settings,
         "params": [n for n, _ in named],
         "num_params": int(sum(p.numel() for _, p in named)),
         **extra,
@@ -131,7 +186,25 @@ def sharpness(
     )
 
 
-def _worst(model, batches, loss_fn, ps, base, scales, rho, norm, steps, step_size, generator, loss0, quiet):
+def _consecutive(batches: Batches, m: int):
+    """The samples of ``batches``, in order, regrouped into consecutive ``(x, y)`` batches of ``m``."""
+    xs: list[torch.Tensor] = []
+    ys: list[torch.Tensor] = []
+    have = 0
+    for x, y in batches:
+        xs.append(x)
+        ys.append(y)
+        have += x.shape[0]
+        while have >= m:
+            x_all, y_all = torch.cat(xs), torch.cat(ys)
+            yield x_all[:m], y_all[:m]
+            xs, ys, have = [x_all[m:]], [y_all[m:]], have - m
+    if have:
+        yield torch.cat(xs), torch.cat(ys)
+
+
+def _worst(model, batches, loss_fn, ps, base, scales, rho, norm, steps, step_size, generator, loss0, quiet,
+           attack=None):
     """Projected gradient ascent on ``L(w + scales * eps)`` over the ``rho``-ball of ``eps``."""
     if norm == "l2":
         eps = random_like(ps, generator, "normal")
@@ -143,7 +216,7 @@ def _worst(model, batches, loss_fn, ps, base, scales, rho, norm, steps, step_siz
     for step in progress(range(steps + 1), desc="sharpness (worst)", quiet=quiet):
         set_weights(ps, base, (1.0, [s * e for s, e in zip(scales, eps)]))
         last = step == steps
-        loss, _, grads = data_loss(model, batches, loss_fn, grad_params=None if last else ps)
+        loss, _, grads = data_loss(model, batches, loss_fn, grad_params=None if last else ps, attack=attack)
         if loss > best:
             best, best_step = loss, step
         if last:
@@ -163,14 +236,14 @@ def _worst(model, batches, loss_fn, ps, base, scales, rho, norm, steps, step_siz
     return best, {"steps": steps, "step_size": float(step_size), "best_step": best_step}
 
 
-def _average(model, batches, loss_fn, ps, base, scales, rho, norm, samples, generator, quiet):
+def _average(model, batches, loss_fn, ps, base, scales, rho, norm, samples, generator, quiet, attack=None):
     """Monte-Carlo mean of ``L(w + scales * eps)`` over Gaussian (l2) or uniform (linf) ``eps``."""
     draw = "normal" if norm == "l2" else "uniform"
     losses = []
     for _ in progress(range(samples), desc="sharpness (average)", quiet=quiet):
         eps = random_like(ps, generator, draw)
         set_weights(ps, base, (float(rho), [s * e for s, e in zip(scales, eps)]))
-        loss, _, _ = data_loss(model, batches, loss_fn)
+        loss, _, _ = data_loss(model, batches, loss_fn, attack=attack)
         losses.append(loss)
     mean = sum(losses) / samples
     std_error = None

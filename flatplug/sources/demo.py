@@ -100,7 +100,12 @@ class DemoSource:
             torch.set_num_threads(threads)
         return model
 
-    def load(self, name: str, device: str | torch.device = "cpu") -> LoadedModel:
+    def missing(self) -> list[str]:
+        """The demo models not trained yet (their first use trains them, 4 to 8 s of CPU time each)."""
+        return [name for name in RECIPES if not self.path(name).is_file()]
+
+    def _checkpoint(self, name: str) -> Path:
+        """The cached checkpoint of ``name``, trained and saved first when absent."""
         if name not in RECIPES:
             import difflib
 
@@ -108,15 +113,24 @@ class DemoSource:
             hint = f" Did you mean {close[0]!r}?" if close else ""
             raise LookupError(f"unknown demo model {name!r}.{hint} Demo models: {', '.join(RECIPES)}")
         file = self.path(name)
-        model = digits_cnn(0)
-        if file.is_file():
-            model.load_state_dict(torch.load(file, map_location="cpu", weights_only=True))
-        else:
+        if not file.is_file():
             model = self.train(name)
             file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = file.with_suffix(".tmp")
+            tmp = file.with_suffix(f".{os.getpid()}.tmp")
             torch.save(model.state_dict(), tmp)
             tmp.replace(file)  # atomic: a killed run never leaves half a checkpoint
+        return file
+
+    def fingerprint(self, name: str) -> str:
+        """The content of demo model ``name``: the SHA-256 of its checkpoint (trained first when absent)."""
+        from .fingerprint import combine, file_sha256
+
+        return combine(checkpoint=file_sha256(self._checkpoint(name)), architecture="digits-cnn")
+
+    def load(self, name: str, device: str | torch.device = "cpu") -> LoadedModel:
+        file = self._checkpoint(name)
+        model = digits_cnn(0)
+        model.load_state_dict(torch.load(file, map_location="cpu", weights_only=True))
         method, params = RECIPES[name]
         return LoadedModel(
             name=name, module=model.to(device).eval(), dataset="digits", threat_model="Linf",

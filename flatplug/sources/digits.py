@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from .subset import LabeledImages, balanced_subset
+from .titles import title
 
 SPLITS = ("test", "train", "all")
 #: Every ``TEST_EVERY``-th sample of each class (in the dataset's own order) is a test sample.
@@ -45,4 +46,4 @@ def load_digits(n: int | None = None, split: str = "test", seed: int = 0) -> Lab
     pick = balanced_subset(labels[where], n, seed)
     x = (images[where[pick]] / 16.0).unsqueeze(1).contiguous()
     return LabeledImages(x, labels[where[pick]].clone(), classes=[str(d) for d in range(10)], indices=pick,
-                         source=f"sklearn.datasets.load_digits (split={split})")
+                         source=f"sklearn.datasets.load_digits (split={split})", title=title("digits", split))

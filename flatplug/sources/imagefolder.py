@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from .subset import LabeledImages, balanced_subset
+from .titles import imagefolder_title
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 
@@ -163,4 +164,6 @@ def load_imagefolder(path: str | Path, n: int | None = None, seed: int = 0, spli
             decoded[name] = _decode((source / name).read_bytes(), name, source)
     x = _to_tensor([decoded[name] for name in chosen], chosen, source)
     where = f"{source}" + (f" ({root})" if root else "")
-    return LabeledImages(x.contiguous(), y_all[pick].clone(), classes=classes, indices=pick, source=where)
+    name = split or (PurePosixPath(root).name if root else None)
+    return LabeledImages(x.contiguous(), y_all[pick].clone(), classes=classes, indices=pick, source=where,
+                         title=imagefolder_title(classes, name, str(source)))

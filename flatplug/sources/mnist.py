@@ -12,6 +12,7 @@ import torch
 
 from ..errors import IDXError
 from .subset import LabeledImages, balanced_subset
+from .titles import title
 
 #: IDX type codes -> numpy dtype (big-endian, as the format stores them).
 IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -107,4 +108,4 @@ def load_mnist(path: str | Path, n: int | None = None, seed: int = 0, split: str
     x = torch.from_numpy(images[pick.numpy()]).to(torch.float32).div_(255.0).unsqueeze(1)
     classes = [str(c) for c in range(int(y_all.max()) + 1)]
     return LabeledImages(x.contiguous(), y_all[pick].clone(), classes=classes, indices=pick,
-                         source=f"{images_path} (split={split})")
+                         source=f"{images_path} (split={split})", title=title("mnist", split))

@@ -9,23 +9,26 @@ import torch
 
 
 class LabeledImages(tuple):
-    """``(x, y)`` that unpacks like a pair and also carries ``classes``, ``indices`` and ``source``.
+    """``(x, y)`` that unpacks like a pair and also carries ``classes``, ``indices``, ``source`` and ``title``.
 
     ``x``: float32 images in [0, 1], NCHW, on the CPU; ``y``: int64 labels; ``classes``: class
     names, index = label; ``indices``: positions of the chosen samples in the full split (so a
-    subset can be reproduced or audited); ``source``: where the data came from.
+    subset can be reproduced or audited); ``source``: where the data came from; ``title``: the
+    data set's usual name ("CIFAR-10 test set"), shown by reports ("" when unknown).
     """
 
     classes: list[str]
     indices: torch.Tensor
     source: str
+    title: str
 
     def __new__(cls, x: torch.Tensor, y: torch.Tensor, *, classes: Sequence[str], indices: torch.Tensor,
-                source: str) -> "LabeledImages":
+                source: str, title: str = "") -> "LabeledImages":
         obj = super().__new__(cls, (x, y))
         obj.classes = list(classes)
         obj.indices = indices
         obj.source = source
+        obj.title = title
         return obj
 
     @property
@@ -41,7 +44,8 @@ class LabeledImages(tuple):
                 f"classes={len(self.classes)}, source={self.source!r})")
 
     def __getnewargs_ex__(self) -> tuple[tuple[Any, ...], dict[str, Any]]:  # pickling, copying
-        return (self.x, self.y), {"classes": self.classes, "indices": self.indices, "source": self.source}
+        return (self.x, self.y), {"classes": self.classes, "indices": self.indices, "source": self.source,
+                                  "title": self.title}
 
 
 def _labels_tensor(labels: object) -> torch.Tensor:

@@ -280,6 +280,21 @@ class ZooSource:
         """Where the checkpoint of ``name`` lives (``file`` resolved against the manifest's folder)."""
         return self.root / self.entry(name)["file"]
 
+    def fingerprint(self, name: str) -> str:
+        """The content of model ``name``: the SHA-256 of its checkpoint file (cached by path, size and
+        mtime) together with what turns it into a model (layers, input shape, mean, std)."""
+        entry = self.entry(name)
+        file = self.checkpoint_path(name)
+        if not file.is_file():
+            raise FileNotFoundError(
+                f"checkpoint of model {name!r} not found: {file} (listed as {entry['file']!r} in {self.path}, "
+                "relative to its folder)"
+            )
+        from .fingerprint import combine, file_sha256
+
+        return combine(checkpoint=file_sha256(file), layers=entry["layers"], input=entry["input"],
+                       mean=entry["mean"], std=entry["std"])
+
     def __contains__(self, name: object) -> bool:
         return name in self._entries
 

@@ -1,4 +1,10 @@
-"""The interface every training method implements, and what one step reports."""
+"""The interface every training method implements, and what one step reports.
+
+No paper of its own: each method cites its own in ``paper`` and its module docstring (PGD-AT:
+Madry et al. 2018, https://arxiv.org/abs/1706.06083; SAM: https://arxiv.org/abs/2010.01412;
+ASAM: https://arxiv.org/abs/2102.11600; AWP: https://arxiv.org/abs/2004.05884; FAM:
+https://arxiv.org/abs/2307.02337; LFR: https://arxiv.org/abs/1910.12165).
+"""
 
 from __future__ import annotations
 
@@ -28,7 +34,9 @@ class TrainingMethod:
 
     ``step`` computes gradients into ``.grad`` and calls ``optimizer.step()``; it must leave
     no weight perturbation behind and must call ``optimizer.zero_grad()`` itself. The loop
-    puts the model in train mode before each step; methods that attack in eval mode restore it.
+    puts the model in train mode before each step (``train(training_mode=False)``: eval mode);
+    methods that attack in eval mode restore the mode they found. The loop calls
+    :meth:`begin_epoch` before each epoch (AWP's warm-up counts epochs with it).
     ``needs_unit_inputs`` asks the loop to check images are in [0, 1] (methods that perturb inputs).
 
     The loss trained is :meth:`objective`: ``loss_fn(logits, y)`` (per-sample losses, default
@@ -49,6 +57,9 @@ class TrainingMethod:
     def step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer: torch.optim.Optimizer) -> StepResult:
         raise NotImplementedError
 
+    def begin_epoch(self, epoch: int) -> None:
+        """Called by the loop before epoch ``epoch`` (0-based) of a ``train`` call; no-op by default."""
+
     def set_loss(self, loss_fn: LossFn | None = None, reduction: str = "mean") -> "TrainingMethod":
         """Train ``reduction``-reduced ``loss_fn(logits, y)`` (per-sample losses; None: cross-entropy)."""
         if reduction not in REDUCTIONS:
@@ -66,8 +77,9 @@ class TrainingMethod:
         return self.reduce(per_sample_loss(self.loss_fn, logits, y))
 
     def settings(self) -> dict:
-        """JSON-able hyper-parameters, recorded in the history (and the objective's reduction)."""
-        out = {k: v for k, v in vars(self).items() if isinstance(v, (int, float, str, bool, type(None)))}
+        """JSON-able public hyper-parameters, recorded in the history (and the objective's reduction)."""
+        out = {k: v for k, v in vars(self).items()
+               if not k.startswith("_") and isinstance(v, (int, float, str, bool, type(None)))}
         out.setdefault("reduction", self.reduction)
         return out
 

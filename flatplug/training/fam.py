@@ -1,4 +1,6 @@
-"""FAM (Adilova et al. 2023): cross-entropy plus lambda times the relative flatness of the penultimate layer.
+"""FAM (Adilova et al. 2023, "FAM: Relative Flatness Aware Minimization", https://arxiv.org/abs/2307.02337):
+the loss plus lambda times the relative flatness (Petzka et al. 2021, https://arxiv.org/abs/2001.00939)
+of the penultimate layer.
 
 Uses the differentiable closed form of :mod:`flatplug.measures.relative_flatness`, so the
 regulariser costs one forward pass (features captured by a hook) and no Hessian.
@@ -33,7 +35,10 @@ def fam_objective(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, layer=N
 
 
 class FAM(TrainingMethod):
+    """Relative-flatness-aware minimisation: ``objective + lam * reduce(kappa)`` of ``layer``."""
+
     name = "fam"
+    paper = "Adilova et al. 2023, https://arxiv.org/abs/2307.02337"
 
     def __init__(self, lam: float = 0.01, layer=None, variant: str = "pairwise"):
         check_positive(lam, "lam", allow_zero=True)

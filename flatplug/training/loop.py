@@ -1,4 +1,7 @@
-"""The one training loop every method shares: optimizer, scheduler, mixed precision, progress, history."""
+"""The one training loop every method shares: optimizer, scheduler, mixed precision, progress, history.
+
+No paper of its own (the methods it runs cite theirs, see :mod:`flatplug.training.base`).
+"""
 
 from __future__ import annotations
 
@@ -76,6 +79,7 @@ def train(
     quiet: bool = False,
     seed: int | None = None,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
+    training_mode: bool = True,
     **method_params: Any,
 ) -> History:
     """Train ``model`` in place with ``method`` for ``epochs`` passes over ``loader``.
@@ -83,7 +87,10 @@ def train(
     ``optimizer`` defaults to Adam (lr 1e-3). ``scheduler``: any torch ``LRScheduler`` (or
     ``ReduceLROnPlateau``, stepped with the epoch loss), or a factory ``scheduler(optimizer)``;
     it steps once per epoch. ``amp=True`` runs the steps under bfloat16 autocast on CUDA.
-    ``method_params`` go to the method (``eps``, ``rho``, ``lam``, ...).
+    ``seed`` reseeds torch's global generator first; without it, shuffling loaders and random
+    starts draw from the global generators as they stand (so a seeded session repeats a run).
+    ``training_mode=False`` runs every step with the model in eval mode (ART's ``fit(training_mode=False)``).
+    The model is left in eval mode. ``method_params`` go to the method (``eps``, ``rho``, ``lam``, ...).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
@@ -103,13 +110,14 @@ def train(
     history = History(algo.name, algo.settings())
     checked = False
     for epoch in progress(range(epochs), desc=f"train {algo.name}", quiet=quiet or epochs == 1, leave=True):
+        algo.begin_epoch(epoch)
         start, total, correct, loss_sum = time.perf_counter(), 0, 0, 0.0
         for x, y in progress(batches.to(dev, dtype), desc=f"epoch {epoch + 1}/{epochs}", quiet=quiet):
             if not checked:
                 with evaluating(model), torch.no_grad():
                     check_logits(model(x[:2]), y[:2])
                 checked = True
-            model.train()
+            model.train(training_mode)
             ctx = torch.autocast("cuda", dtype=torch.bfloat16) if amp else contextlib.nullcontext()
             with ctx:
                 result = algo.step(model, x, y, optimizer)

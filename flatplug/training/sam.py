@@ -1,8 +1,13 @@
-"""SAM (Foret et al. 2021) and ASAM (Kwon et al. 2021): ascend to the worst nearby weights, descend from there.
+"""SAM and ASAM: ascend to the worst nearby weights, descend from there.
 
-First pass: gradient g at w. Perturbation e = rho g / ||g|| (SAM) or
-e = rho T^2 g / ||T g|| with T = |w| + eta (ASAM). Second pass at w + e (batch-norm
-statistics not updated), then w is restored and the base optimizer steps with that gradient.
+SAM: Foret et al. 2021, "Sharpness-Aware Minimization for Efficiently Improving Generalization",
+https://arxiv.org/abs/2010.01412. ASAM: Kwon et al. 2021, "ASAM: Adaptive Sharpness-Aware
+Minimization for Scale-Invariant Learning of Deep Neural Networks", https://arxiv.org/abs/2102.11600.
+
+First pass: gradient g of the objective at w. Perturbation e = rho g / ||g||_2 over all trained
+parameters (SAM) or e = rho T^2 g / ||T g|| with T = |w| + eta (ASAM, element-wise; the
+official code's ``eta`` 0.01). Second pass at w + e (batch-norm statistics not updated), then w is
+restored and the base optimizer steps with that gradient (m = the whole batch).
 """
 
 from __future__ import annotations
@@ -15,7 +20,10 @@ from .base import StepResult, TrainingMethod, params_with_grad, perturbed
 
 
 class SAM(TrainingMethod):
+    """Sharpness-aware minimisation with radius ``rho`` (0.05, the paper's CIFAR-10 value)."""
+
     name = "sam"
+    paper = "Foret et al. 2021, https://arxiv.org/abs/2010.01412"
     adaptive = False
 
     def __init__(self, rho: float = 0.05, eta: float = 0.01):
@@ -46,7 +54,10 @@ class SAM(TrainingMethod):
 
 
 class ASAM(SAM):
+    """Adaptive SAM with radius ``rho`` (0.5, the paper's CIFAR-10 value for SGD) and offset ``eta``."""
+
     name = "asam"
+    paper = "Kwon et al. 2021, https://arxiv.org/abs/2102.11600"
     adaptive = True
 
     def __init__(self, rho: float = 0.5, eta: float = 0.01):

@@ -1,4 +1,7 @@
-"""Standard training: cross-entropy on clean inputs."""
+"""Standard (empirical risk) training: the method's loss on clean inputs, cross-entropy by default.
+
+No paper of its own: the baseline every other method is compared with.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,10 @@
-"""FlatPyTorchClassifier: a PyTorchClassifier whose fit is a flatplug method."""
+"""FlatPyTorchClassifier: a PyTorchClassifier whose fit is a flatplug method, with ART's fit contract.
+
+ART's own ``PyTorchClassifier`` is the control: with the flatness switched off (``rho=0``,
+``lam=0``, ``eps=0``) a flat fit is plain training of the classifier's loss, so under the same
+``torch.manual_seed`` it must reproduce ART's ``fit`` weight for weight, shuffled mini-batches
+included (a drift here means the batch order, the loss or the mode differs from ART's).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,7 @@ import torch
 pytest.importorskip("art")
 
 from art.attacks.evasion import ProjectedGradientDescent  # noqa: E402
+from art.defences.trainer import AdversarialTrainer, AdversarialTrainerMadryPGD  # noqa: E402
 from art.estimators.classification import PyTorchClassifier  # noqa: E402
 from art.metrics import loss_sensitivity  # noqa: E402
 from art_support import MEAN, STD, classifier, mnist_split, one_thread, weights  # noqa: E402,F401
@@ -29,6 +36,11 @@ def flat(seed=0, **kwargs):
     return classifier(seed, cls=fa.FlatPyTorchClassifier, **kwargs)
 
 
+def assert_same_weights(a, b, rtol=1e-5, atol=1e-6):
+    for wa, wb in zip(weights(a.model), weights(b.model)):
+        torch.testing.assert_close(wa, wb, rtol=rtol, atol=atol)
+
+
 def test_is_a_pytorch_classifier_with_art_and_method_keywords_split():
     clf = flat(method="asam", rho=0.3, eta=0.02)
     assert isinstance(clf, PyTorchClassifier)
@@ -39,20 +51,66 @@ def test_is_a_pytorch_classifier_with_art_and_method_keywords_split():
 
 @pytest.mark.parametrize("method, params", [("sam", {"rho": 0.0}), ("fam", {"lam": 0.0}),
                                             ("pgd-at", {"eps": 0.0}), ("art.pgd-at+sam", {"eps": 0.0, "rho": 0.0})])
-def test_null_method_reproduces_pytorch_classifier_fit(small, method, params):
+@pytest.mark.parametrize("training_mode", [True, False])
+def test_null_method_reproduces_art_fit_batch_for_batch(small, method, params, training_mode):
+    """Shuffled mini-batches from torch's global generator, ART's training mode, ART's return value and final mode."""
     x, y = small
     reference = classifier(4, sgd=True, lr=0.1)
     ours = flat(4, sgd=True, lr=0.1, method=method, **params)
-    reference.fit(x, y, batch_size=len(x), nb_epochs=3)
-    history = ours.fit(x, np.eye(10, dtype=np.float32)[y], batch_size=len(x), nb_epochs=3)
-    assert ours.history is history and len(history) == 3
-    for a, b in zip(weights(ours.model), weights(reference.model)):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    torch.manual_seed(11)
+    reference.fit(x, y, batch_size=64, nb_epochs=2, training_mode=training_mode)
+    torch.manual_seed(11)
+    assert ours.fit(x, np.eye(10, dtype=np.float32)[y], batch_size=64, nb_epochs=2, training_mode=training_mode) is None
+    assert len(ours.history) == 2 and ours.history.method == method
+    assert ours.model.training is training_mode and reference.model.training is training_mode
+    assert_same_weights(ours, reference)
+
+
+def test_unseeded_fit_follows_the_global_generators(small):
+    """No seed=: two runs after the same torch.manual_seed are identical (ART's contract), and differ otherwise."""
+    x, y = small
+    runs = []
+    for seed in (5, 5, 6):
+        clf = flat(1, method="pgd-at", eps=0.1, steps=2)
+        torch.manual_seed(seed)
+        clf.fit(x, y, batch_size=64, nb_epochs=1)
+        runs.append(weights(clf.model))
+    assert all(torch.equal(a, b) for a, b in zip(runs[0], runs[1]))
+    assert not all(torch.equal(a, b) for a, b in zip(runs[0], runs[2]))
+
+
+def test_fit_ignores_keywords_as_art_does_and_keeps_seed(small):
+    """ART's fit ignores extra keywords (its test_fit_kwargs passes callbacks); ``seed=`` is flatplug's extra."""
+    x, y = small
+    a, b = flat(2), flat(2)
+    a.fit(x, y, batch_size=64, nb_epochs=1, callbacks=["ignored"], validation_data=(x, y), seed=3)
+    torch.manual_seed(0)  # seed=3 reseeds, so whatever came before does not matter
+    b.fit(x, y, batch_size=64, nb_epochs=1, seed=3)
+    assert_same_weights(a, b, rtol=0, atol=0)
+
+
+def test_madry_pgd_trainer_drives_the_flat_classifier(small):
+    """AdversarialTrainerMadryPGD passes validation_data to fit: the flat classifier takes it, like ART's own."""
+    x, y = small
+    clf = flat(3, method="sam", rho=0.05)
+    trainer = AdversarialTrainerMadryPGD(clf, nb_epochs=1, batch_size=128, eps=0.1, eps_step=0.05, max_iter=2,
+                                         num_random_init=0)
+    trainer.fit(x, y)
+    assert trainer.get_classifier() is clf and clf.history.method == "sam"
 
 
 def test_input_lengths_are_in_the_classifiers_units():
     clf = flat(method="pgd-at", eps=25.5, step_size=5.1, clip=(0.0, 255.0), preprocessing=(MEAN * 255, STD * 255))
     assert clf.flat_method.eps == pytest.approx(0.1) and clf.flat_method.step_size == pytest.approx(0.02)
+
+
+def test_parameters_not_given_are_the_core_defaults():
+    from flatplug.training import LFR, PGDAT
+
+    lfr, pgd = flat(method="lfr", eps=0.1).flat_method, flat(method="pgd-at").flat_method
+    reference_lfr, reference_pgd = LFR(eps=0.1), PGDAT()
+    assert {k: v for k, v in lfr.settings().items()} == reference_lfr.settings()
+    assert pgd.settings() == reference_pgd.settings()
 
 
 def test_art_attack_as_method_parameter_and_art_metrics(small):
@@ -64,12 +122,23 @@ def test_art_attack_as_method_parameter_and_art_metrics(small):
     assert np.isfinite(loss_sensitivity(clf, x[:32], np.eye(10)[y[:32]]))  # an ART metric takes it as is
 
 
-def test_clone_for_refitting_keeps_the_method():
-    clf = flat(method="sam", rho=0.2)
+def test_adversarial_trainer_calls_fit_per_batch(small):
+    x, y = small
+    clf = flat(0, method="sam", rho=0.05)
+    np.random.seed(0)
+    AdversarialTrainer(clf, ProjectedGradientDescent(clf, eps=0.1, max_iter=2, verbose=False), ratio=1.0).fit(
+        x, y, batch_size=128, nb_epochs=1)
+    assert clf.history.method == "sam" and len(clf.history) == 1  # the last per-batch fit
+
+
+def test_clone_for_refitting_and_set_params_keep_the_method():
+    clf = flat(method="pgd-at", eps=0.1)
     clone = clf.clone_for_refitting()
     assert type(clone) is fa.FlatPyTorchClassifier
-    assert clone.flat_method.name == "sam" and clone.flat_method.rho == 0.2
+    assert clone.flat_method.name == "pgd-at" and clone.flat_method.eps == 0.1
     assert clone.model is not clf.model
+    clf.set_params(clip_values=(0.0, 2.0))  # the method's eps is rebuilt in the new units
+    assert clf.flat_method.eps == pytest.approx(0.05)
 
 
 def test_bad_input(small):
@@ -84,10 +153,7 @@ def test_bad_input(small):
         flat(method="lfr", eps=0.1, clip=None)
     with pytest.raises(TypeError, match="method 'sam': .*unexpected keyword argument 'lam'"):
         flat(method="sam", lam=1.0)
-    clf = flat()
-    with pytest.raises(ValueError, match="training_mode"):
-        clf.fit(x, y, training_mode=False)
-    with pytest.raises(TypeError, match="unexpected keyword arguments \\['shuffle'\\]"):
-        clf.fit(x, y, shuffle=False)
+    with pytest.raises(TypeError, match="MSELoss is not one of them"):
+        flat(loss=torch.nn.MSELoss())
     with pytest.raises(ValueError, match="10 labels for 256 inputs"):
-        clf.fit(x, y[:10])
+        flat().fit(x, y[:10])

@@ -1,17 +1,16 @@
-"""Real data through an ART pipeline: flatplug's ART trainers make a small MNIST CNN robust.
+"""Real data through an ART pipeline: the flat classifier inside ART's own adversarial trainer, and generators.
 
 4,000 real MNIST images (from the MNIST test set; 500 others held out), a tiny CNN with ART's
-normalisation, Adam, two epochs for every method, and robust accuracy under ART's own
-``ProjectedGradientDescent`` at eps = 0.1 (10 steps). Measured on this setup, robust accuracy at
-eps 0.1 for seeds 0 / 1 / 2 / 3 / 4 (the tests run seed 0):
+normalisation, Adam, two epochs, and robust accuracy under ART's own ``ProjectedGradientDescent``
+at eps = 0.1 (10 steps). Measured on this setup (seeds 0 / 1 / 2 / 3 / 4; the tests run seed 0):
 
 * standard training (ART's ``fit``):  0.474 / 0.552 / 0.490 / 0.402 / 0.566
-* ``LFRTrainer(lam=0.1, steps=2)``:    0.696 / 0.740 / 0.728 / 0.698 / 0.692  (margin +0.13 to +0.30)
-* PGD-AT, ``FlatAdversarialTrainer("none", steps=5)``: 0.724 / 0.766 / 0.738 / 0.686 / 0.790  (+0.21 to +0.28)
 * ``FlatPyTorchClassifier(method="sam")`` in ART's ``AdversarialTrainer`` (ART PGD, 5 steps), seeds 0-2:
-  0.748 / 0.748 / 0.744  (+0.20 to +0.27)
+  0.722 / 0.750 / 0.738 against standard 0.474 / 0.552 / 0.490 (+0.20 to +0.25; measured with the
+  torch-DataLoader shuffling of this release, script in notes/ecosystem.md)
 
-The tests assert a margin of +0.08 over the standard baseline.
+The tests assert a margin of +0.08 over the standard baseline. Every trainer's defaults are
+tested in ``test_art_defaults.py``.
 """
 
 from __future__ import annotations
@@ -51,33 +50,12 @@ def test_standard_baseline_is_accurate_but_not_robust(standard):
     assert clean > 0.85 and robust < clean - 0.2
 
 
-def test_lfr_trainer_raises_robust_accuracy(data, standard):
-    xtr, ytr, xte, yte = data
-    clf = classifier(0)
-    history = fa.LFRTrainer(clf, eps=EPS, lam=0.1, steps=2).fit(xtr, ytr, batch_size=BATCH, nb_epochs=EPOCHS,
-                                                                verbose=False, seed=0)
-    clean, robust = accuracies(clf, xte, yte)
-    assert len(history) == EPOCHS and history.method == "lfr"
-    assert clean > 0.8
-    assert robust > standard[1] + MARGIN, (robust, standard)
-
-
-def test_pgd_adversarial_training_raises_robust_accuracy(data, standard):
-    xtr, ytr, xte, yte = data
-    clf = classifier(0)
-    fa.FlatAdversarialTrainer(clf, "none", eps=EPS, steps=5).fit(xtr, ytr, batch_size=BATCH, nb_epochs=EPOCHS,
-                                                                 verbose=False, seed=0)
-    clean, robust = accuracies(clf, xte, yte)
-    assert clean > 0.8
-    assert robust > standard[1] + MARGIN, (robust, standard)
-
-
 def test_flat_classifier_in_art_attacks_and_adversarial_trainer(data, standard):
     """FlatPyTorchClassifier trains with SAM, is attacked by ART's PGD, and drives ART's AdversarialTrainer."""
     xtr, ytr, xte, yte = data
     clf = classifier(0, cls=fa.FlatPyTorchClassifier, method="sam", rho=0.05)
-    history = clf.fit(xtr, ytr, batch_size=BATCH, nb_epochs=EPOCHS, seed=0)
-    assert history.method == "sam" and clf.history is history
+    assert clf.fit(xtr, ytr, batch_size=BATCH, nb_epochs=EPOCHS, seed=0) is None
+    assert clf.history.method == "sam" and len(clf.history) == EPOCHS
     clean, _ = accuracies(clf, xte, yte)
     assert clean > 0.85
 
@@ -109,8 +87,9 @@ def test_fit_generator_trains_on_the_same_batches_as_fit(data, name):
     TRAINERS[name](by_fit).fit(x, y, batch_size=64, nb_epochs=1, shuffle=False, seed=5, verbose=False)
     onehot = np.eye(10, dtype=np.float32)[y]  # generators commonly yield one-hot labels
     gen = NumpyDataGenerator(x, onehot, batch_size=64, shuffle=False, drop_remainder=False)
-    history = TRAINERS[name](by_gen).fit_generator(gen, nb_epochs=1, seed=5, verbose=False)
-    assert len(history) == 1
+    trainer = TRAINERS[name](by_gen)
+    trainer.fit_generator(gen, nb_epochs=1, seed=5, verbose=False)
+    assert len(trainer.history) == 1
     before = weights(classifier(3).model)
     for a, b, w0 in zip(weights(by_fit.model), weights(by_gen.model), before):
         assert not torch.equal(a, w0)  # it trained
@@ -121,6 +100,6 @@ def test_flat_classifier_fit_generator(data):
     xtr, ytr, xte, yte = data
     clf = classifier(0, cls=fa.FlatPyTorchClassifier, method="asam", rho=0.5)
     gen = NumpyDataGenerator(xtr[:2000], ytr[:2000], batch_size=64, shuffle=True, drop_remainder=False)
-    history = clf.fit_generator(gen, nb_epochs=1, seed=0)
-    assert history.method == "asam" and len(history) == 1
+    clf.fit_generator(gen, nb_epochs=1, seed=0)
+    assert clf.history.method == "asam" and len(clf.history) == 1
     assert float((clf.predict(xte).argmax(1) == yte).mean()) > 0.7

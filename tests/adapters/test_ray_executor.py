@@ -23,7 +23,7 @@ from torch import nn
 ray = pytest.importorskip("ray")
 
 from conftest import shared_path  # noqa: E402
-from flatplug.scoring import DatasetSpec, Job, ModelSpec, resolve_measures, score  # noqa: E402
+from flatplug.scoring import DatasetSpec, InMemoryModel, Job, ModelSpec, resolve_measures, score  # noqa: E402
 from flatplug.store import Store, canonical_params  # noqa: E402
 from flatplug.types import LoadedModel  # noqa: E402
 from flatplug_ray import RayExecutor  # noqa: E402
@@ -123,7 +123,7 @@ def test_ray_rows_equal_local_rows(cluster, setup, reference, tmp_path):
 
 def _jobs(specs, data) -> list[Job]:
     measures = resolve_measures({k: dict(v) for k, v in MEASURES.items()}, dict(ATTACK))  # as fp.score does
-    return [Job(spec, data, measures, dict(ATTACK), "cpu") for spec in specs]
+    return [Job(spec, data, measures, [dict(ATTACK)], "cpu") for spec in specs]
 
 
 def test_complete_jobs_are_not_submitted_and_partial_jobs_fill_only_their_gaps(cluster, setup, reference, tmp_path):
@@ -231,7 +231,7 @@ def _stalled_job(setup, folder: Path, name: str) -> tuple[Job, LoadedModel]:
     plain = LoadedModel(name, inner.module, inner.dataset, inner.threat_model, {**inner.metadata, "source": "test"})
     stalled = LoadedModel(name, Stall(inner.module, folder), inner.dataset, inner.threat_model, plain.metadata)
     attack = {**ATTACK, "steps": 1}
-    return Job(stalled, data, {"relative_flatness": {}}, attack, "cpu"), plain
+    return Job(InMemoryModel(stalled), data, {"relative_flatness": {}}, [attack], "cpu"), plain
 
 
 def test_killed_worker_is_retried_without_duplicate_or_lost_rows(cluster, setup, tmp_path):
@@ -239,7 +239,7 @@ def test_killed_worker_is_retried_without_duplicate_or_lost_rows(cluster, setup,
     folder = tmp_path / "signals"
     folder.mkdir()
     job, plain = _stalled_job(setup, folder, "stalled")
-    other = Job(specs[1], data, {"relative_flatness": {}}, dict(job.attack), "cpu")
+    other = Job(specs[1], data, {"relative_flatness": {}}, [dict(job.attacks[0])], "cpu")
     killed: list[int] = []
     killer = _kill_when_ready(folder, killed)
     store = CountingStore(tmp_path / "crash.db")
@@ -254,13 +254,13 @@ def test_killed_worker_is_retried_without_duplicate_or_lost_rows(cluster, setup,
     assert len(attempts) == 2 and attempts[0] == killed[0] != attempts[1]  # retried in a new worker
 
     planned = {(j.model_name, kind, name, canonical_params(params)) for j in (job, other)
-               for kind, name, params in j.planned()}
+               for kind, name, params, _ in j.planned()}
     assert sorted(store.written) == sorted(planned)  # each row written exactly once
     assert {(r["model"], r["kind"], r["name"], r["params"]) for r in rows} == planned
     assert all(r["status"] == "ok" for r in rows)
 
     # the retried model's values equal the unwrapped model's, scored locally
-    reference = _one_thread(lambda: score([plain], data, measures={"relative_flatness": {}}, attack=job.attack,
+    reference = _one_thread(lambda: score([plain], data, measures={"relative_flatness": {}}, attack=job.attacks[0],
                                           store=tmp_path / "ref.db", quiet=True))
     expected = {(r["kind"], r["name"]): r["value"] for r in reference.to_dict("records")}
     got = {(r["kind"], r["name"]): r["value"] for r in rows if r["model"] == "stalled"}
@@ -307,8 +307,9 @@ def test_torch_threads_are_set_in_each_task(cluster, setup, tmp_path):
     specs, data = setup
     inner = specs[0].load("cpu")
     log = tmp_path / "threads"
-    jobs = [Job(LoadedModel(f"probe{i}", Probe(inner.module, log), inner.dataset, None, {"source": "test"}), data,
-                {}, {**ATTACK, "steps": 1}, "cpu") for i in range(2)]
+    jobs = [Job(InMemoryModel(LoadedModel(f"probe{i}", Probe(inner.module, log), inner.dataset, None,
+                                          {"source": "test"})), data, {}, [{**ATTACK, "steps": 1}], "cpu")
+            for i in range(2)]
     with Store(tmp_path / "t.db") as store:
         RayExecutor(torch_threads=2).run(jobs, store, quiet=True)
         assert all(r["status"] == "ok" for r in store.rows()) and len(store) == 4

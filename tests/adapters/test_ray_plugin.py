@@ -11,7 +11,7 @@ import torch
 ray = pytest.importorskip("ray")
 
 import flatplug as fp  # noqa: E402
-from flatplug.scoring import Job, ModelSpec  # noqa: E402
+from flatplug.scoring import Job, ModelSpec, TensorData  # noqa: E402
 from flatplug.store import Store  # noqa: E402
 from flatplug_ray import RayConnectionError, RayExecutor  # noqa: E402
 
@@ -62,12 +62,14 @@ def test_a_complete_store_submits_nothing_and_never_starts_ray(tmp_path):
         ray.shutdown()
     x = torch.zeros(2, 3, 4, 4)
     y = torch.zeros(2, dtype=torch.long)
-    jobs = [Job(ModelSpec.of("zoo", name, manifest="nowhere.json"), ("d", x, y), {"relative_flatness": {}},
-                {"name": "pgd", "eps": 0.1}, "cpu") for name in ("a", "b")]
+    data = TensorData("d", x, y)
+    jobs = [Job(ModelSpec.of("zoo", name, manifest="nowhere.json"), data, {"relative_flatness": {}},
+                [{"name": "pgd", "eps": 0.1}], "cpu", model_fingerprint=f"weights-{name}",
+                data_fingerprint=data.fingerprint()) for name in ("a", "b")]
     with Store(tmp_path / "s.db") as store:
         for job in jobs:
-            for kind, name, params in job.planned():
-                store.put(**job.key(kind, name, params), value=0.25)
+            for row in job.planned():
+                store.put(**job.key(row), value=0.25)
         ex = RayExecutor()
         ex.run(jobs, store, quiet=True)
         assert len(store) == 6
@@ -82,7 +84,8 @@ def test_unreachable_cluster_is_a_clear_error(tmp_path, monkeypatch):
         ray.shutdown()
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     x, y = torch.zeros(2, 3, 4, 4), torch.zeros(2, dtype=torch.long)
-    job = Job(ModelSpec.of("zoo", "a", manifest="nowhere.json"), ("d", x, y), {}, {"name": "pgd", "eps": 0.1}, "cpu")
+    job = Job(ModelSpec.of("zoo", "a", manifest="nowhere.json"), TensorData("d", x, y), {}, [{"name": "pgd", "eps": 0.1}],
+              "cpu")
     with Store(tmp_path / "s.db") as store:
         with pytest.raises(RayConnectionError, match="cannot reach a Ray cluster at address 'auto'.*ray start --head"):
             RayExecutor(address="auto").run([job], store, quiet=True)

@@ -164,3 +164,55 @@ def test_plot_trajectory_into_given_axes_and_bad_records():
         plot_trajectory({"loss": np.ones((4, 3)), "confidence": np.ones((5, 3))})
     with pytest.raises(TypeError, match="expected a Trajectory"):
         plot_trajectory([1, 2, 3])
+
+
+def _bn_model():
+    """A small batch-norm CNN with non-trivial running statistics (the zoo's models have no batch norm)."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, stride=2), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+                              torch.nn.Dropout(0.3), torch.nn.Flatten(), torch.nn.Linear(8 * 15 * 15, 10))
+    bn = net[1]
+    bn.running_mean.uniform_(-0.2, 0.2)
+    bn.running_var.uniform_(0.5, 1.5)
+    bn.num_batches_tracked.fill_(7)
+    return net.eval()
+
+
+def _bn_buffers(net):
+    return [b.clone() for b in net.buffers()]
+
+
+def test_recorder_in_model_training_mode_evaluates_as_the_attack_and_keeps_bn_statistics():
+    """set_model_training_mode(model_training=True): the attack runs in train mode with batch norm and dropout in eval
+    mode; plain PGD leaves the running statistics as they were, so must the recorder, and the recorded final point
+    must be evaluated in that same mode (not with batch statistics)."""
+    net = _bn_model()
+    x, y = images(16)
+    before = _bn_buffers(net)
+
+    plain = torchattacks.PGD(net, eps=EPS, alpha=2 / 255, steps=3)
+    plain.set_model_training_mode(model_training=True)
+    torch.manual_seed(0)
+    alone = plain(x, y)
+    for a, b in zip(before, _bn_buffers(net)):
+        assert torch.equal(a, b)  # the control: torchattacks' PGD leaves them unchanged
+
+    recorder = TrajectoryRecorder(torchattacks.PGD(net, eps=EPS, alpha=2 / 255, steps=3))
+    recorder.set_model_training_mode(model_training=True)
+    torch.manual_seed(0)
+    adv = recorder(x, y)
+    assert torch.equal(adv, alone)
+    for a, b in zip(before, _bn_buffers(net)):
+        assert torch.equal(a, b)
+
+    net.train()  # the attack's evaluation mode: train mode, batch norm and dropout in eval mode
+    net[1].eval()
+    net[3].eval()
+    with torch.no_grad():
+        for step, at in ((0, x), (-1, adv)):
+            loss = F.cross_entropy(net(at), y, reduction="none").double()
+            torch.testing.assert_close(recorder.record.values["loss"][step], loss, rtol=1e-5, atol=1e-6)
+    net.train()
+    with torch.no_grad():  # batch statistics would give other values: the check above can fail
+        batch_stats = F.cross_entropy(net[4:](net[:3](adv)), y, reduction="none").double()
+    assert not torch.allclose(recorder.record.values["loss"][-1], batch_stats, rtol=1e-3)

@@ -9,8 +9,14 @@ from flatplug.ext import check_positive, select_params
 from flatplug.features import find_layer
 from flatplug.training import TrainingMethod
 
+from ._classifier import adopt
 from ._space import INPUT_LENGTHS, InputSpace
 from .attack import inner_attack
+
+
+def given(**params: Any) -> dict[str, Any]:
+    """The keyword arguments the user gave: those not left at the ``None`` sentinel."""
+    return {k: v for k, v in params.items() if v is not None}
 
 
 def check_lengths(params: dict[str, Any]) -> None:
@@ -37,7 +43,11 @@ def resolve_params(classifier, params):
 
 
 def build_method(name: str, params: dict[str, Any], classifier, space: InputSpace, who: str) -> TrainingMethod:
-    """The registered method ``name`` with ``params`` given in the classifier's units (eps, step sizes, layer, attack)."""
+    """The registered method ``name`` with ``params`` given in the classifier's units (eps, step sizes, layer, attack).
+
+    Only the parameters given are passed, so the core method's defaults are the defaults; the
+    method trains the classifier's own loss (:func:`flatplug_art._classifier.adopt`).
+    """
     cls = plugins.get("trainers", name)
     if not (isinstance(cls, type) and issubclass(cls, TrainingMethod)):
         raise TypeError(
@@ -53,6 +63,7 @@ def build_method(name: str, params: dict[str, Any], classifier, space: InputSpac
     if "attack" in params:
         params["attack"] = inner_attack(params["attack"], space, classifier.nb_classes)
     try:
-        return cls(**params)
+        method = cls(**params)
     except TypeError as exc:
         raise TypeError(f"{who}: method {name!r}: {exc}") from None
+    return adopt(method, classifier, who)

@@ -1,8 +1,11 @@
-"""What the adapter accepts as a classifier, and the one note about its loss."""
+"""What the adapter accepts as a classifier, and how a method takes over the classifier's loss and defences."""
 
 from __future__ import annotations
 
-import warnings
+from flatplug.training import TrainingMethod
+
+from ._loss import per_sample_form
+from .preprocessed import numpy_ops_in_gradient_path
 
 
 def check_classifier(classifier, who: str):
@@ -25,20 +28,23 @@ def check_optimizer(classifier, who: str):
     return classifier.optimizer
 
 
-def warn_if_not_cross_entropy(classifier, who: str) -> None:
-    """flatplug's methods minimise softmax cross-entropy; say so when the classifier's loss differs."""
-    import torch
+def adopt(method: TrainingMethod, classifier, who: str) -> TrainingMethod:
+    """``method`` set to train the classifier's own loss (and checked against its numpy defences).
 
-    loss = classifier.loss
-    plain = (
-        isinstance(loss, torch.nn.CrossEntropyLoss)
-        and loss.weight is None
-        and float(getattr(loss, "label_smoothing", 0.0)) == 0.0
-    )
-    if not plain:
-        warnings.warn(
-            f"{who}: flatplug's training methods minimise softmax cross-entropy on the model's outputs (logits); "
-            f"the classifier's loss {loss!r} is not used for training (ART attacks on the classifier still use it)",
-            UserWarning,
-            stacklevel=3,
-        )
+    The loss is mapped exactly (:mod:`flatplug_art._loss`) or refused; a method that perturbs
+    inputs is refused when a numpy preprocessing defence would sit on its input-gradient path.
+    """
+    try:
+        loss_fn, reduction = per_sample_form(classifier.loss)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"{who}: {exc}") from None
+    method.set_loss(loss_fn, reduction)
+    if method.needs_unit_inputs:
+        blocked = numpy_ops_in_gradient_path(classifier)
+        if blocked:
+            raise TypeError(
+                f"{who}: method {method.name!r} differentiates the loss w.r.t. the inputs, but the classifier's "
+                f"preprocessing defence(s) {', '.join(blocked)} run in numpy; use their PyTorch versions (e.g. "
+                "SpatialSmoothingPyTorch) or a method that does not perturb inputs (sam, asam, fam, standard)"
+            )
+    return method

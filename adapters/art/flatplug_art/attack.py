@@ -36,16 +36,26 @@ class ARTAttack:
 
 
 class CorePGD:
-    """flatplug's own PGD bound to a model, with fresh random starts (global RNG) as training expects."""
+    """flatplug's own PGD bound to a model, with fresh random starts (global RNG) as training expects.
+
+    ``loss_fn``: the per-sample loss it ascends (the trainer's, i.e. the classifier's own loss).
+    """
 
     def __init__(self, model: torch.nn.Module, *, eps: float, norm: str, steps: int, step_size: float | None,
-                 random_start: bool):
+                 random_start: bool, loss_fn=None):
         self.model, self.eps, self.norm, self.steps = model, eps, norm, steps
-        self.step_size, self.random_start = step_size, random_start
+        self.step_size, self.random_start, self.loss_fn = step_size, random_start, loss_fn
+
+    @classmethod
+    def like(cls, model: torch.nn.Module, method) -> "CorePGD":
+        """The PGD a core method (PGD-AT, AWP, LFR...) trains against: its eps, norm, steps, step size and loss."""
+        return cls(model, eps=method.eps, norm=method.norm, steps=getattr(method, "steps", 10),
+                   step_size=getattr(method, "step_size", None), random_start=getattr(method, "random_start", True),
+                   loss_fn=method.loss_fn)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return pgd(self.model, x, y, eps=self.eps, norm=self.norm, steps=self.steps, step_size=self.step_size,
-                   random_start=self.random_start, seed=None)
+                   random_start=self.random_start, seed=None, loss_fn=self.loss_fn)
 
 
 def inner_attack(attack, space: InputSpace, nb_classes: int):

@@ -1,5 +1,9 @@
 """PGD adversarial training with a flatness method as its descent step: SAM, ASAM or FAM on PGD examples.
 
+PGD-AT: Madry et al. 2018, https://arxiv.org/abs/1706.06083; SAM: Foret et al. 2021,
+https://arxiv.org/abs/2010.01412; ASAM: Kwon et al. 2021, https://arxiv.org/abs/2102.11600; FAM:
+Adilova et al. 2023, https://arxiv.org/abs/2307.02337 (the combinations are flatplug's).
+
 ``step``: PGD examples are made from the clean batch (eval mode, as the core's PGD-AT does), then
 the flatness method takes its ordinary step on ``(x_adv, y)``. So ``pgd-at+sam`` minimises the
 worst-case loss over a weight neighbourhood of the adversarial loss (SAM's ascent and
@@ -36,6 +40,13 @@ class PGDATWith(TrainingMethod):
     def step(self, model, x, y, optimizer):
         x_adv = self.pgd.adversarial(model, x, y)
         return self.inner.step(model, x_adv, y, optimizer)
+
+    def set_loss(self, loss_fn=None, reduction: str = "mean") -> "PGDATWith":
+        """The loss of both halves: PGD's examples and the inner method's update."""
+        super().set_loss(loss_fn, reduction)
+        self.pgd.set_loss(loss_fn, reduction)
+        self.inner.set_loss(loss_fn, reduction)
+        return self
 
     def settings(self) -> dict:
         return {**self.pgd.settings(), **self.inner.settings()}

@@ -9,9 +9,13 @@ classifier's own network as its child ``model``: training the wrapper trains the
 Preprocessing operations follow ART's flags: those with ``apply_fit`` run in train mode, those
 with ``apply_predict`` in eval mode (the mode attacks and measures run in). Standardisation runs as
 plain torch ops (any dtype); other ``PreprocessorPyTorch`` defences run their ``forward`` and are
-differentiated through it, as ART's ``loss_gradient`` does. Numpy-only preprocessing defences
-cannot sit inside a torch graph and are refused; defences that rewrite labels (mixup, cutmix)
-are not supported, since the module sees inputs only.
+differentiated through it, as ART's ``loss_gradient`` does. Numpy-only defences
+(``FeatureSqueezing``, ``SpatialSmoothing``, ...) run in numpy where ART runs them and no input
+gradient is needed (training the weights, predictions); where an input gradient would have to
+pass through one (an attack, LFR), the forward pass raises a clear error instead (see
+:func:`numpy_ops_in_gradient_path`, which trainers check up front). Defences that rewrite labels
+or change the number of samples (mixup, cutmix, Gaussian augmentation) are not supported, since
+the module sees inputs only.
 """
 
 from __future__ import annotations
@@ -72,6 +76,39 @@ class _TorchOp(nn.Module):
         return self.op.forward(x, None)[0]
 
 
+class _NumpyOp(nn.Module):
+    """An ART numpy ``Preprocessor`` applied to the inputs outside autograd (no input gradient through it)."""
+
+    def __init__(self, op):
+        super().__init__()
+        self.op = op
+        self.apply_fit, self.apply_predict = op.apply_fit, op.apply_predict
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        name = type(self.op).__name__
+        if x.requires_grad:
+            raise TypeError(
+                f"preprocessing: {name} runs in numpy, so no input gradient can pass through it (an attack or LFR "
+                f"needs one); use its PyTorch version (e.g. SpatialSmoothingPyTorch), set its apply_fit / "
+                "apply_predict off for this use, or train with a method that does not perturb inputs"
+            )
+        out, _ = self.op(x.detach().cpu().numpy(), None)
+        if out.shape != tuple(x.shape):
+            raise TypeError(f"preprocessing: {name} changes the batch's shape {tuple(x.shape)} -> {out.shape} "
+                            "(it augments or rewrites samples); flatplug trains on the inputs as given")
+        return torch.from_numpy(np.asarray(out)).to(device=x.device, dtype=x.dtype)
+
+
+def numpy_ops_in_gradient_path(classifier, *, train: bool = True, predict: bool = True) -> list[str]:
+    """Names of the classifier's numpy defences active in train (``apply_fit``) / eval (``apply_predict``) mode."""
+    from art.defences.preprocessor.preprocessor import PreprocessorPyTorch
+
+    standard = _standardisation_types()
+    return [type(op).__name__ for op in classifier.preprocessing_operations
+            if not isinstance(op, standard) and not isinstance(op, PreprocessorPyTorch)
+            and ((train and op.apply_fit) or (predict and op.apply_predict))]
+
+
 def preprocessing_modules(classifier) -> list[nn.Module]:
     """The classifier's preprocessing operations as torch modules, in ART's order."""
     from art.defences.preprocessor.preprocessor import PreprocessorPyTorch
@@ -86,11 +123,7 @@ def preprocessing_modules(classifier) -> list[nn.Module]:
         elif isinstance(op, PreprocessorPyTorch):
             mods.append(_TorchOp(op))
         else:
-            raise TypeError(
-                f"preprocessing: {type(op).__name__} runs in numpy, so it cannot sit inside the torch graph that "
-                "flatplug trains and differentiates; use its PyTorch version (e.g. SpatialSmoothingPyTorch) or "
-                "leave it out of the classifier"
-            )
+            mods.append(_NumpyOp(op))
     return mods
 
 

@@ -1,11 +1,14 @@
 """The ``ray`` executor: one Ray task per model, results written to the store as each task ends.
 
-The driver (the process that called :func:`flatplug.score`) owns the store. For every job it asks
-the store which of the job's rows already exist, submits a task only for jobs with rows missing,
-and tells each task which rows to skip. A task loads its model on the worker from the job's
-:class:`~flatplug.scoring.ModelSpec` and its data from the :class:`~flatplug.scoring.DatasetSpec`
-(cached per worker process by the core), runs :func:`flatplug.scoring.run_job`, and returns its
-rows. Tensor datasets are put in Ray's object store once and shared by every task.
+The driver (the process that called :func:`flatplug.score`) owns the store. For every job it
+computes the content fingerprints of its model and data (the row keys), asks the store which of the
+job's rows already exist, submits a task only for jobs with rows missing (every job when it asks for
+a rerun), and tells each task which rows to skip. A task loads its model on the worker from the
+job's model reference (e.g. a :class:`~flatplug.scoring.ModelSpec`) and its data from the data
+reference (a :class:`~flatplug.scoring.DatasetSpec` is loaded on the worker, cached per worker
+process by the core; tensors travel), runs :func:`flatplug.scoring.run_job`, which checks that the
+worker's data have the driver's fingerprint, and returns its rows. Each data reference is put in
+Ray's object store once and shared by every task.
 
 A task whose worker dies (killed, out of memory, node lost) is run again by Ray up to
 ``max_retries`` times; a killed attempt returns nothing, so a retry never duplicates rows. When the
@@ -22,14 +25,14 @@ from typing import Any, Iterator, Sequence
 
 from flatplug.ext import progress
 from flatplug.scoring import Job, Row, run_job, versions
-from flatplug.store import Store, canonical_params
+from flatplug.store import KEY, Store, canonical_params
 
-Key = tuple[str, str, str, str, str, str]
+Key = tuple[str, ...]
 
 
 def _key(key: dict[str, Any]) -> Key:
     """A row key as a hashable tuple (params as their canonical JSON, as the store keys them)."""
-    return (key["model"], key["source"], key["dataset"], key["kind"], key["name"], canonical_params(key["params"]))
+    return tuple(canonical_params(key[k]) if k == "params" else str(key[k]) for k in KEY)
 
 
 def _worker_device() -> str:
@@ -42,14 +45,13 @@ def _worker_device() -> str:
 def score_on_worker(job: Job, data: Any, skip: frozenset[Key], torch_threads: int) -> list[Row]:
     """The body of one Ray task: score ``job`` on this worker and return its rows.
 
-    ``data`` is the job's tensor dataset (resolved by Ray from the object store) or None when the
-    job carries a :class:`~flatplug.scoring.DatasetSpec`, which the worker loads itself.
+    ``data`` is the job's data reference, resolved by Ray from the object store.
     """
     import torch
 
     torch.set_num_threads(torch_threads)
     device = job.device or _worker_device()  # an explicit device wins; else the task's GPU, if any
-    job = dataclasses.replace(job, device=device, **({"dataset": data} if data is not None else {}))
+    job = dataclasses.replace(job, device=device, data=data)
     rows: list[Row] = []
     run_job(job, rows.append, done=lambda key: _key(key) in skip, quiet=True)
     return rows
@@ -155,8 +157,13 @@ class RayExecutor:
         self.submitted, self.skipped = [], []
         plans = []
         for job in jobs:
-            planned = [job.key(kind, name, params) for kind, name, params in job.planned()]
-            done = frozenset(_key(k) for k in planned if store.has(**k))
+            try:
+                job = job.resolved()  # the row keys: fingerprints of the model's and the data's content
+            except Exception:  # noqa: BLE001 - the task fails the same way and records it as a row
+                plans.append((job, frozenset()))
+                continue
+            planned = [job.key(row) for row in job.planned()]
+            done = frozenset() if job.rerun else frozenset(_key(k) for k in planned if store.has(**k))
             if len(done) == len(planned):
                 self.skipped.append(job.model_name)
             else:
@@ -172,17 +179,14 @@ class RayExecutor:
             task = ray.remote(score_on_worker).options(
                 num_cpus=cpus, num_gpus=gpus, max_retries=self.max_retries, retry_exceptions=True,
                 name="flatplug-score")
-            shared: dict[int, Any] = {}  # id(dataset tensors) -> ObjectRef, so each is put once
+            shared: dict[int, Any] = {}  # id(data reference) -> ObjectRef, so each is put once
             pending: dict[Any, Job] = {}
             try:
                 for job, done in plans:
-                    data = None
-                    if isinstance(job.dataset, tuple):
-                        if id(job.dataset) not in shared:
-                            shared[id(job.dataset)] = ray.put(job.dataset)
-                        data = shared[id(job.dataset)]
-                        job = dataclasses.replace(job, dataset=None)
-                    pending[task.remote(job, data, done, threads)] = job
+                    if id(job.data) not in shared:
+                        shared[id(job.data)] = ray.put(job.data)
+                    data = shared[id(job.data)]
+                    pending[task.remote(dataclasses.replace(job, data=None), data, done, threads)] = job
                     self.submitted.append(job.model_name)
                 device = "cuda" if gpus else "cpu"
                 for rows in progress(self._finished(pending, device), desc="models", quiet=quiet,
@@ -214,7 +218,7 @@ class RayExecutor:
     def _failure(self, job: Job, exc: BaseException, device: str) -> Row:
         lines = [line for line in str(exc).strip().splitlines() if line.strip()]
         message = f"{type(exc).__name__}: {lines[-1] if lines else ''}".strip()
-        return {**job.key("failure", "worker", {}), "value": None,
+        return {**job.failure_key("worker"), "value": None,
                 "details": {"stage": "worker", "attempts": self.max_retries + 1, "error_type": type(exc).__name__},
                 "seconds": None, "status": "failed",
                 "error": f"{message} (after {self.max_retries + 1} attempt(s) on Ray)", "device": device,

@@ -1,6 +1,6 @@
 """LocalFlatnessPGD: the inner maximiser of Local Flatness Regularisation as a torchattacks attack.
 
-Xu et al. 2020 ("Adversarial Defense via Local Flatness Regularization") regularise
+Xu et al. 2020 ("Adversarial Defense via Local Flatness Regularization", https://arxiv.org/abs/1910.12165) regularise
 ``max_{x' in B_eps(x)} ||grad_x' l(x', y)||_q``; this attack returns that maximising point, found
 by sign (L-inf) or normalised (L2) ascent on the gradient norm with double backpropagation. The
 ascent is the core's :func:`flatplug.measures.local_flatness.max_gradient_norm_point`, the same
@@ -28,7 +28,8 @@ class LocalFlatnessPGD(Attack):
         alpha (float or None): ascent step size; None for ``2.5 * eps / steps``. (Default: None)
         steps (int): ascent steps. (Default: 10)
         norm (str): ``"Linf"`` or ``"L2"`` ball. (Default: ``"Linf"``)
-        q (1, 2 or inf): order of the gradient norm; 1 is the dual of L-inf. (Default: 1)
+        q (1, 2, inf or None): order of the gradient norm; None for the dual norm of the ball (1 for
+            L-inf, 2 for L2), the core's default (``flatplug.measures.local_flatness``). (Default: None)
         random_start (bool): start within ``0.1 * eps`` of the image. (Default: True)
         seed (int or None): seed of the random start; None uses torch's global RNG like
             torchattacks' own attacks. (Default: None)
@@ -39,19 +40,20 @@ class LocalFlatnessPGD(Attack):
     gradient norm is never below the clean one.
 
     Examples::
-        >>> attack = LocalFlatnessPGD(model, eps=8/255, steps=10, q=1)
+        >>> attack = LocalFlatnessPGD(model, eps=8/255, steps=10)      # q: 1, the dual of L-inf
         >>> x_lf = attack(images, labels)
     """
 
-    def __init__(self, model, eps=8 / 255, alpha=None, steps=10, norm="Linf", q=1, random_start=True,
+    def __init__(self, model, eps=8 / 255, alpha=None, steps=10, norm="Linf", q=None, random_start=True,
                  seed=None, loss_fn=None):
         super().__init__("LocalFlatnessPGD", model)
         self.eps = check_radius(eps, "eps")
         self.alpha = None if alpha is None else check_step(alpha, "alpha")
         self.steps = check_count(steps, "steps")
         self.norm = flatplug_norm(norm)
-        if isinstance(q, bool) or q not in (1, 2, float("inf"), "inf"):
-            raise ValueError(f"q: expected the gradient norm's order 1, 2 or float('inf'), got {q!r}")
+        if q is not None and (isinstance(q, bool) or q not in (1, 2, float("inf"), "inf")):
+            raise ValueError(f"q: expected the gradient norm's order 1, 2, float('inf') or None (the dual norm of "
+                             f"the ball), got {q!r}")
         self.q = q
         self.random_start = bool(random_start)
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
@@ -70,9 +72,10 @@ class LocalFlatnessPGD(Attack):
         generator = None
         if self.seed is not None:
             generator = torch.Generator(device=images.device).manual_seed(self.seed)
+        order = {} if self.q is None else {"q": self.q}  # None: the core's default, the ball's dual norm
         adv_images, norms = max_gradient_norm_point(
-            self.get_logits, images, labels, eps=self.eps, norm=self.norm, q=self.q, steps=self.steps,
-            step_size=self.alpha, random_start=self.random_start, generator=generator, loss_fn=self.loss_fn,
+            self.get_logits, images, labels, eps=self.eps, norm=self.norm, steps=self.steps,
+            step_size=self.alpha, random_start=self.random_start, generator=generator, loss_fn=self.loss_fn, **order,
         )
         object.__setattr__(self, "last_grad_norms", norms.detach())
         return adv_images.detach()

@@ -60,7 +60,11 @@ class TrajectoryRecorder(Attack):
         strict (bool): refuse attacks whose gradient evaluations are not their iterates. (Default: True)
 
     Normalisation, model-mode and targeted-mode settings are shared with the wrapped attack:
-    set them on either before wrapping, or on the recorder afterwards (they propagate).
+    set them on either before wrapping, or on the recorder afterwards (they propagate). Every
+    recorded point is evaluated in the mode the attack evaluates in (with
+    ``set_model_training_mode(model_training=True)``: train mode, batch norm and dropout in eval
+    mode unless asked otherwise), and the recorder leaves batch-norm running statistics as the
+    wrapped attack alone would (unchanged, unless ``batchnorm_training=True``).
 
     Examples::
         >>> recorder = TrajectoryRecorder(torchattacks.PGD(model, eps=8/255, steps=20))
@@ -161,10 +165,17 @@ class TrajectoryRecorder(Attack):
         keep(images, logits, kappa)
         object.__setattr__(inner, "get_logits", get_logits)
         object.__setattr__(inner, "get_target_label", get_target_label)
+        modes = [(m, m.training) for m in inner.model.modules()]
         try:
             adv_images = inner(images, labels)
         finally:
             del inner.__dict__["get_logits"], inner.__dict__["get_target_label"]
+            # the wrapped attack's __call__ ends with model.train() when it found the model in train mode, which
+            # the recorder's own set_model_training_mode(model_training=True) causes: that would put batch norm
+            # in train mode for the final evaluation (batch statistics, running statistics updated). Restore the
+            # evaluation mode the attack ran in, per module.
+            for module, mode in modes:
+                module.training = mode
         with torch.no_grad():
             logits, kappa = self._evaluate(self.get_logits, adv_images, layer)
         keep(adv_images, logits, kappa)

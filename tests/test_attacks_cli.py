@@ -1,0 +1,110 @@
+"""AutoAttack and every attack from the CLI (issue 11 section 3), on a real zoo model and real images.
+
+Oracle: torchattacks' own classes run directly on the same model, images and seed; robust
+accuracies must be equal (the adapter promises to behave exactly as torchattacks does).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from conftest import shared_path
+from flatplug.cli import main
+from flatplug.sources import ZooSource, load_imagefolder
+from flatplug.store import Store
+
+torchattacks = pytest.importorskip("torchattacks")
+pytest.importorskip("flatplug_torchattacks")
+EPS = 8 / 255
+MODEL = "marabou_small"
+
+
+@pytest.fixture(scope="module")
+def real():
+    zoo, cifar = shared_path("models", "zoo.json"), shared_path("data", "cifar10", "test.tar.gz")
+    model = ZooSource(zoo).load(MODEL).module.eval()
+    return zoo, cifar, model
+
+
+def _args(real, store, n, *attack_args):
+    zoo, cifar, _ = real
+    return ["score", "--manifest", str(zoo), "--models", MODEL, "--dataset", "imagefolder", "--data", str(cifar),
+            "--n", str(n), "--eps", "8/255", "--measures", "relative_flatness", "--store", str(store), "--no-report",
+            "--quiet", "--device", "cpu", *attack_args]
+
+
+def _accuracy(model, attack, x, y) -> float:
+    torch.manual_seed(0)
+    adv = attack(x, y)
+    with torch.no_grad():
+        return float((model(adv).argmax(1) == y).float().mean())
+
+
+def _attack_rows(store):
+    with Store(store) as db:
+        return {r["name"]: r for r in db.rows() if r["kind"] == "attack"}
+
+
+def test_autoattack_from_the_cli_equals_torchattacks_autoattack(real, tmp_path):
+    """Guards against the CLI passing PGD's settings (steps) to AutoAttack, dropping its version, or
+    producing other numbers than torchattacks' own AutoAttack; and against the report/export naming the
+    attack without its full settings (issue 11)."""
+    _, cifar, model = real
+    store = tmp_path / "aa.db"
+    assert main(_args(real, store, 16, "--attack", "pgd", "--attack", "autoattack", "--steps", "10")) == 0
+    rows = _attack_rows(store)
+    aa = rows["autoattack"]
+    assert json.loads(aa["params"]) == {"eps": EPS, "seed": 0}  # no steps: AutoAttack takes none
+    x, y = load_imagefolder(cifar, n=16)
+    expected = _accuracy(model, torchattacks.AutoAttack(model, norm="Linf", eps=EPS, version="standard",
+                                                        n_classes=10, seed=0), x, y)
+    assert aa["value"] == pytest.approx(expected, abs=1e-12)
+    label = aa["details"]["attack"]
+    for setting in ("eps=8/255", "norm=Linf", "version=standard", "n_classes=10", "seed=0"):
+        assert setting in label, label
+    check = aa["details"]["gradient_masking"]  # the two attacks are compared on the same images
+    assert check["gap"] == pytest.approx(rows["pgd"]["value"] - aa["value"], abs=1e-12)
+    assert check["flagged"] is (check["gap"] > 0.10)
+    out = tmp_path / "e.csv"
+    assert main(["export", "--store", str(store), "--out", str(out)]) == 0
+    assert "version=standard" in out.read_text()
+
+
+def test_fgsm_and_square_from_the_cli_with_an_option_for_one_attack(real, tmp_path):
+    """Guards against `--attack fgsm`/`square` failing from the CLI (PGD-only settings passed to them) and
+    against ATTACK.KEY options reaching the wrong attack."""
+    _, cifar, model = real
+    store = tmp_path / "fs.db"
+    assert main(_args(real, store, 8, "--attack", "fgsm", "--attack", "square",
+                      "--attack-option", "square.n_queries=100")) == 0
+    rows = _attack_rows(store)
+    assert json.loads(rows["fgsm"]["params"]) == {"eps": EPS}
+    assert json.loads(rows["square"]["params"]) == {"eps": EPS, "n_queries": 100, "seed": 0}
+    x, y = load_imagefolder(cifar, n=8)
+    assert rows["fgsm"]["value"] == pytest.approx(_accuracy(model, torchattacks.FGSM(model, eps=EPS), x, y), abs=1e-12)
+    square = torchattacks.Square(model, eps=EPS, n_queries=100, seed=0)
+    assert rows["square"]["value"] == pytest.approx(_accuracy(model, square, x, y), abs=1e-12)
+
+
+def test_autoattack_version_is_selectable_and_robustbench_defaults_to_standard():
+    """Guards against AutoAttack's version being unreachable from the CLI, and against the RobustBench
+    source defaulting to anything but RobustBench's own evaluation (AutoAttack standard)."""
+    import argparse
+
+    from flatplug.cli.score import SOURCE_ATTACKS, _attacks
+    from flatplug.scoring import effective_settings
+
+    args = argparse.Namespace(attack=["autoattack"], eps="8/255", steps=None, norm="L2",
+                              attack_option=["version=rand"])
+    (spec,) = _attacks(args, "zoo")
+    assert spec == {"name": "autoattack", "eps": EPS, "norm": "l2", "version": "rand"}
+    settings = effective_settings({**spec, "seed": 0}, n_classes=10)
+    assert settings["version"] == "rand" and settings["n_classes"] == 10
+    args = argparse.Namespace(attack=None, eps=None, steps=None, norm=None, attack_option=[])
+    assert _attacks(args, "robustbench") == [{"name": "autoattack", "version": "standard", "eps": EPS}]
+    assert _attacks(args, "robustbench", {"threat_model": "L2"}) == [  # RobustBench's L2 leaderboard
+        {"name": "autoattack", "version": "standard", "eps": 0.5, "norm": "l2"}]
+    assert SOURCE_ATTACKS["robustbench"][0]["version"] == "standard"
