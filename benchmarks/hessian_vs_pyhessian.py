@@ -28,27 +28,28 @@ Which eigenvalues. Power iteration finds the eigenvalues of largest magnitude; f
 eigenvalue is smaller in magnitude than the k-th largest, so both target the same ones.
 PyHessian returns its eigenvalues in the order its deflation found them: both lists are sorted.
 
-PyHessian 0.1 runs unchanged on torch 2.14. The script only wraps its module-level
-``hessian_vector_product`` (the function its ``eigenvalues`` calls for a single batch) in a
-counter, and silences torch's warning about ``backward(create_graph=True)`` that PyHessian's
-constructor triggers. PyHessian draws its start vectors from the global RNG: it is seeded
-(``torch.manual_seed``) with the repeat index before each call, as flatplug gets ``seed=`` the
-repeat index. After each PyHessian call the ``.grad`` fields it leaves on the model are cleared.
+PyHessian (Yao et al. 2020, https://github.com/amirgholami/PyHessian, MIT licence) is not a
+dependency: :class:`PowerIteration` below re-implements the algorithm of its
+``hessian.eigenvalues`` for one batch, written for this script (the credit for the algorithm is
+PyHessian's): the constructor runs the forward pass and ``backward(create_graph=True)`` once and
+keeps the gradient graph; each eigenvalue starts from a Gaussian vector (global RNG) normalised
+as ``v / (||v|| + 1e-6)``, and repeats: Gram-Schmidt against the eigenvectors found so far,
+``Hv`` by ``torch.autograd.grad(grads, params, grad_outputs=v, retain_graph=True)``, Rayleigh
+quotient ``v.Hv``, ``v <- Hv / (||Hv|| + 1e-6)``; it stops when the quotient changed by less than
+``tol * (|previous| + 1e-6)`` and reports the *previous* quotient (as PyHessian does), or after
+``maxIter`` products. Vectors are lists of per-parameter tensors, as in PyHessian. The global
+RNG is seeded (``torch.manual_seed``) with the repeat index before each call, as flatplug gets
+``seed=`` the repeat index.
 
 On a CPU the script runs torch with one thread by default (``--threads 0``: torch's own choice):
 on a small machine shared with other work, torch's default threads oversubscribe the cores.
 
-PyHessian is needed only here; either install it into the venv or put it on PYTHONPATH:
-    PIP_CONSTRAINT=constraints.txt .venv/bin/pip install pyhessian
     .venv/bin/python benchmarks/hessian_vs_pyhessian.py [--device cpu] [--n 128] [--repeats 5] [--threads 1]
 """
 
 from __future__ import annotations
 
 import copy
-import importlib.metadata
-import sys
-import warnings
 
 import torch
 from torch import nn
@@ -59,27 +60,48 @@ from flatplug.measures import hessian_eigenvalues
 GOALS = {1: 2.0, 10: 5.0}
 
 
-def pyhessian_module():
-    """PyHessian's ``hessian`` module (its package re-exports the class under the same name)."""
-    try:
-        import pyhessian  # noqa: F401
-    except ImportError:
-        sys.exit("pyhessian is not installed: PIP_CONSTRAINT=constraints.txt .venv/bin/pip install pyhessian")
-    return sys.modules["pyhessian.hessian"]
+class PowerIteration:
+    """PyHessian's top-k eigenvalue algorithm for one batch (see the module docstring); own code."""
 
-
-class CountingHVP:
-    """Wraps PyHessian's ``hessian_vector_product`` to count calls (it computes nothing else)."""
-
-    def __init__(self, module) -> None:
-        self.module = module
-        self.original = module.hessian_vector_product
+    def __init__(self, model: nn.Module, criterion, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.model = model.eval()
+        self.params = [q for q in model.parameters() if q.requires_grad]
+        loss = criterion(model(x), y)
+        self.grads = torch.autograd.grad(loss, self.params, create_graph=True)
         self.count = 0
-        module.hessian_vector_product = self
 
-    def __call__(self, *args, **kwargs):
+    @staticmethod
+    def _dot(a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
+        return sum((u * v).sum() for u, v in zip(a, b))
+
+    def _normalised(self, v: list[torch.Tensor]) -> list[torch.Tensor]:
+        norm = float(self._dot(v, v)) ** 0.5
+        return [t / (norm + 1e-6) for t in v]
+
+    def _hvp(self, v: list[torch.Tensor]) -> list[torch.Tensor]:
         self.count += 1
-        return self.original(*args, **kwargs)
+        return list(torch.autograd.grad(self.grads, self.params, grad_outputs=v, retain_graph=True))
+
+    def eigenvalues(self, max_iter: int, tol: float, top_n: int) -> list[float]:
+        found: list[float] = []
+        vectors: list[list[torch.Tensor]] = []
+        while len(found) < top_n:
+            v = self._normalised([torch.randn_like(q) for q in self.params])
+            value = None
+            for _ in range(max_iter):
+                for u in vectors:  # deflation: Gram-Schmidt against the eigenvectors found so far
+                    c = self._dot(v, u)
+                    v = [a - c * b for a, b in zip(v, u)]
+                v = self._normalised(v)
+                hv = self._hvp(v)
+                quotient = float(self._dot(hv, v))
+                v = self._normalised(hv)
+                if value is not None and abs(value - quotient) / (abs(value) + 1e-6) < tol:
+                    break
+                value = quotient
+            found.append(value)
+            vectors.append(v)
+        return found
 
 
 def rel_error(values: list[float], ref: list[float]) -> float:
@@ -103,9 +125,6 @@ def main() -> None:
                    help="dtype of the untimed reference's model and batch")
     args = p.parse_args()
     device = C.setup(args)
-    ph = pyhessian_module()
-    counter = CountingHVP(ph)
-    warnings.filterwarnings("ignore", message=".*create_graph=True.*")
 
     model = C.load_model(args, device)
     x, y = C.load_cifar(args, "test", args.n)
@@ -114,7 +133,7 @@ def main() -> None:
     dim = sum(q.numel() for q in model.parameters())
 
     C.header("top-k Hessian eigenvalues: flatplug (Lanczos) vs PyHessian (power iteration)", args, device,
-             pyhessian=importlib.metadata.version("pyhessian"),
+             pyhessian="PyHessian's power iteration with deflation, re-implemented (own code)",
              hessian=f"mean cross-entropy over the batch w.r.t. all {dim} parameters; tol={args.tol:g}, "
                      f"max_iter={args.max_iter}")
 
@@ -125,12 +144,11 @@ def main() -> None:
 
     def run_pyhessian(k: int, seed: int, tol: float):
         torch.manual_seed(seed)
-        before = counter.count
-        h = ph.hessian(model, criterion, data=(x, y), cuda=device.type == "cuda")
-        eigenvalues, _ = h.eigenvalues(maxIter=args.max_iter, tol=tol, top_n=k)
+        h = PowerIteration(model, criterion, x, y)
+        eigenvalues = h.eigenvalues(max_iter=args.max_iter, tol=tol, top_n=k)
+        count = h.count
         del h
-        model.zero_grad(set_to_none=True)
-        return sorted(eigenvalues, reverse=True), counter.count - before
+        return sorted(eigenvalues, reverse=True), count
 
     # --- the untimed reference -------------------------------------------------------------------
     kmax = max(args.k)

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from ._data import Batches, model_device_dtype
-from ._loss import LossFn, per_sample_loss, resolve_loss
+from ._loss import LossFn, cross_entropy, per_sample_loss, resolve_loss
 from ._params import ParamSpec, select_params
 from ._validation import check_logits
 
@@ -63,6 +63,10 @@ class HessianOperator:
     ``hvp``: ``"double-backward"`` (Pearlmutter's reverse-over-reverse), ``"forward-over-reverse"``
     (``torch.func.jvp`` of ``torch.func.grad``) or ``"auto"`` (the double backward, the faster of
     the two on every model measured so far). Both give the same products up to float rounding.
+    A custom ``loss_fn`` that depends on the parameters other than through the logits (a weight
+    penalty closing over the model) is invisible to ``torch.func.functional_call``: asked for
+    forward-over-reverse, the operator detects it and falls back to the double backward with a
+    warning.
 
     Flat vectors follow the order of ``param_names`` (that of ``model.named_parameters()``).
     """
@@ -219,13 +223,29 @@ class HessianOperator:
             self._loss = loss_sum / count
         return self._flat(acc) / count
 
-    def _fall_back(self, exc: BaseException) -> None:
-        warnings.warn(
-            f"HessianOperator: torch.func cannot run this model's forward ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''}); falling back to hvp='double-backward'",
-            RuntimeWarning,
-            stacklevel=4,
+    def _loss_reads_params(self) -> bool:
+        """Whether a custom ``loss_fn`` depends on the selected parameters other than through the
+        logits (e.g. a weight penalty closing over the model). ``functional_call`` swaps the
+        parameters only inside the model's forward, so ``torch.func`` would not see that
+        dependence: the loss is evaluated on detached logits of the first batch and checked for a
+        graph back to any tensor that requires grad (the selected parameters do). Buffers are
+        passed as copies so that BatchNorm in train mode leaves its statistics alone."""
+        if self.loss_fn is cross_entropy:
+            return False
+        from torch.func import functional_call
+
+        x, y = next(iter(self._iter()))
+        with torch.no_grad():
+            logits = functional_call(self.model, {n: b.clone() for n, b in self.model.named_buffers()}, (x,))
+        with torch.enable_grad():
+            return bool(per_sample_loss(self.loss_fn, check_logits(logits, y), y).requires_grad)
+
+    def _fall_back(self, exc: BaseException | str) -> None:
+        why = exc if isinstance(exc, str) else (
+            f"torch.func cannot run this model's forward ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''})"
         )
+        warnings.warn(f"HessianOperator: {why}; falling back to hvp='double-backward'", RuntimeWarning, stacklevel=4)
         self.hvp = "double-backward"
         self._want_cache = self._cache_setting is True or (self._cache_setting == "auto" and self._single)
 
@@ -233,6 +253,9 @@ class HessianOperator:
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
         """``H v`` for a flat ``v`` of length ``dim``; returns a flat tensor of ``dtype`` on ``device``."""
         vs = self._split(v)
+        if self.hvp == "forward-over-reverse" and not self.hvp_count and self._loss_reads_params():
+            self._fall_back("loss_fn depends on the parameters other than through the logits, which "
+                            "torch.func.functional_call cannot differentiate")
         if self.hvp == "forward-over-reverse":
             try:
                 out = self._forward_over_reverse(vs)

@@ -377,3 +377,43 @@ def test_conv_net_products_in_channels_last_match_dense_hessian():
             batch = next(op._iter())[0]
             assert batch.is_contiguous(memory_format=torch.channels_last)
             assert close(op.matvec(v), dense @ v, float(dense.abs().max() * v.abs().max()) * op.dim)
+
+
+def test_weight_dependent_loss_keeps_its_weight_term_with_either_mode():
+    """A loss_fn that closes over the model's weights (cross-entropy + a cubic weight penalty)
+    gives the dense autograd Hessian of the whole loss with either mode: forward-over-reverse
+    would silently drop the penalty's curvature (torch.func.functional_call swaps the parameters
+    only inside the model's forward), so it detects the dependence and falls back to the double
+    backward with a warning (guards that silent loss of the weight term)."""
+    model, (x, y) = tiny_mlp(), tiny_batch()
+    w = model[0].weight
+
+    def weighted(logits, target):
+        return F.cross_entropy(logits, target, reduction="none") + 0.3 * (w**3).sum()
+
+    params = dict(model.named_parameters())
+    names = list(params)
+    sizes, shapes = [p.numel() for p in params.values()], [p.shape for p in params.values()]
+    flat0 = torch.cat([p.detach().reshape(-1) for p in params.values()])
+
+    def loss_of(flat):
+        chunks = {n: c.reshape(s) for n, c, s in zip(names, torch.split(flat, sizes), shapes)}
+        logits = torch.func.functional_call(model, chunks, (x,))
+        return F.cross_entropy(logits, y) + 0.3 * (chunks["0.weight"] ** 3).sum()
+
+    dense = torch.autograd.functional.hessian(loss_of, flat0)
+    assert float((dense - dense_hessian(model, x, y)).abs().max()) > 0.1  # the penalty matters
+    v = torch.randn(flat0.numel(), generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    scale = float(dense.abs().max() * v.abs().max()) * flat0.numel()
+    with preserved(model):
+        assert close(HessianOperator(model, (x, y), loss_fn=weighted).matvec(v), dense @ v, scale)
+        op = HessianOperator(model, (x, y), loss_fn=weighted, hvp="forward-over-reverse")
+        with pytest.warns(RuntimeWarning, match="loss_fn depends on the parameters"):
+            hv = op.matvec(v)
+        assert op.hvp == "double-backward"
+        assert close(hv, dense @ v, scale)
+        # a custom loss of the logits alone keeps forward-over-reverse
+        op = HessianOperator(model, (x, y), loss_fn=lambda z, t: F.cross_entropy(z, t, reduction="none"),
+                             hvp="forward-over-reverse")
+        assert close(op.matvec(v), dense_hessian(model, x, y) @ v, scale)
+        assert op.hvp == "forward-over-reverse"
