@@ -27,7 +27,6 @@ demo: $(STAMP)
 	$(BIN)/flatplug score
 
 bench: $(STAMP)
-	$(BIN)/pip install -q pyhessian
 	$(BIN)/python benchmarks/relative_flatness_closed_form.py
 	$(BIN)/python benchmarks/hessian_vs_pyhessian.py
 	$(BIN)/python benchmarks/hvp_cost.py
