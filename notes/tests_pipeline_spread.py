@@ -32,8 +32,10 @@ def load(name: str):
 def art(seed: int) -> dict:
     t = load("art_pipeline").main(["--fast", "--seed", str(seed), "--shared", str(ROOT.parent / "shared")])
     s, l = t["standard (ART fit)"], t["LFR (flatplug_art.LFRTrainer)"]
-    return {"seed": seed, "std_clean": s["clean"], "lfr_clean": l["clean"], "std_pgd": s["pgd@0.1"],
-            "lfr_pgd": l["pgd@0.1"], "pgd_gain": l["pgd@0.1"] - s["pgd@0.1"], "std_lf": s["local_flatness"],
+    a = t["TRADES-AWP (flatplug_art.AWPTrainer)"]
+    return {"seed": seed, "std_clean": s["clean"], "lfr_clean": l["clean"], "trades_clean": a["clean"],
+            "std_pgd": s["pgd@0.1"], "lfr_pgd": l["pgd@0.1"], "pgd_gain": l["pgd@0.1"] - s["pgd@0.1"],
+            "trades_gain": a["pgd@0.1"] - s["pgd@0.1"], "std_lf": s["local_flatness"],
             "lfr_lf": l["local_flatness"], "lf_ratio": l["local_flatness"] / s["local_flatness"]}
 
 

@@ -224,10 +224,15 @@ def test_scoring_an_l2_attack_measures_the_l2_dual_norm(tmp_path):
     from flatplug.sources import ZooSource, load_mnist
     from conftest import shared_path
 
+    from flatplug import list_plugins
+
     zoo, mnist = shared_path("models", "zoo.json"), shared_path("data", "mnist")
+    # torchattacks' PGD is L-inf only: with the adapter installed the L2 attack is its PGDL2, else the core PGD
+    attack = ({"name": "pgdl2", "eps": 1.0, "steps": 2} if "pgdl2" in list_plugins("attacks")
+              else {"name": "pgd", "norm": "l2", "eps": 1.0, "steps": 2})
     frame = score([ModelSpec.of("zoo", "madry_cnn_tiny", manifest=str(zoo))], DatasetSpec("mnist", str(mnist), n=16),
                   measures={"local_flatness": {"steps": 2, "random_start": False}},
-                  attack={"name": "pgd", "norm": "l2", "eps": 1.0, "steps": 2}, store=tmp_path / "r.db",
+                  attack=attack, store=tmp_path / "r.db",
                   device="cpu", quiet=True)
     row = frame.set_index("name").loc["local_flatness"]
     assert row["status"] == "ok", row["error"]

@@ -44,4 +44,9 @@ def test_readme_snippet_runs_as_written(line, code, tmp_path, monkeypatch):
     (tmp_path / "shared").symlink_to(shared, target_is_directory=True)
     monkeypatch.chdir(work)
     namespace: dict = {"__name__": f"readme_line_{line}"}
-    exec(compile(code, f"README.md:{line}", "exec"), namespace)  # noqa: S102 - the README's own code
+    from flatplug import plugins
+
+    try:
+        exec(compile(code, f"README.md:{line}", "exec"), namespace)  # noqa: S102 - the README's own code
+    finally:
+        plugins.reset()  # a snippet that registers a plugin must not leak it into later tests
