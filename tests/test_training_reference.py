@@ -10,7 +10,8 @@ Each reference is written from the method's paper, independently of flatplug's c
 
 * standard: ``g = grad L(w)``;
 * SAM (Foret et al. 2021): ``e = rho g / ||g||`` (one norm over all parameters), ``g' = grad L(w + e)``;
-* ASAM (Kwon et al. 2021): ``T = |w| + eta`` elementwise, ``e = rho T^2 g / ||T g||``;
+* ASAM (Kwon et al. 2021): ``e = rho T^2 g / ||T g||`` with ``T = |w| + eta`` elementwise for the parameters whose
+  name contains "weight" and ``T = 1`` for the others (biases), as the official code (SamsungLabs/ASAM, asam.py);
 * PGD-AT (Madry et al. 2018): ``g = grad L(w; x_adv)``, ``x_adv`` by projected sign (L-inf) or normalised (L2) steps;
 * AWP (Wu et al. 2020): for each weight tensor of dim > 1, ``v_l = gamma ||w_l|| g_l / ||g_l||`` with ``g_l`` the
   gradient of the adversarial loss (ascent), then ``g' = grad L(w + v; x_adv)`` for all parameters;
@@ -153,9 +154,10 @@ def test_standard_step():
     assert history[0]["loss"] == pytest.approx(float(loss_at(model, w, x, y)), rel=1e-12)
 
 
-def sam_perturbation(w, g, rho, eta, adaptive):
+def sam_perturbation(w, g, rho, eta, adaptive, scale_biases=False):
+    """SAM's or ASAM's ascent; ``scale_biases=True`` is the wrong ASAM that applies T to the biases too."""
     if adaptive:
-        t = {n: w[n].abs() + eta for n in w}
+        t = {n: w[n].abs() + eta if "weight" in n or scale_biases else torch.ones_like(w[n]) for n in w}
         norm = torch.sqrt(sum(((t[n] * g[n]) ** 2).sum() for n in w))
         return {n: rho * t[n] ** 2 * g[n] / norm for n in w}
     norm = torch.sqrt(sum((g[n] ** 2).sum() for n in w))
@@ -167,7 +169,8 @@ def test_sam_and_asam_step(method, rho):
     """The ascent e (SAM: rho g/||g||; ASAM: rho T^2 g/||T g||, T = |w| + eta), the gradient at w + e, and the
     step from the restored w. Guards against a SAM/ASAM that never perturbs (the plain gradient step, checked to be
     far from the reference), that perturbs downhill, that normalises per tensor or forgets T, or that leaves the
-    perturbation in the weights."""
+    perturbation in the weights; for ASAM, against T applied to the biases too (the official code scales only
+    parameters named "weight"; that step is checked to be far from the reference)."""
     eta = 0.01
     model, (x, y) = tiny_net(2), tiny_data(seed=3)
     w = weights_of(model)
@@ -177,6 +180,10 @@ def test_sam_and_asam_step(method, rho):
     assert float(loss_at(model, w_e, x, y)) > float(loss_at(model, w, x, y))  # e is an ascent direction
     expected = sgd(w, grad_at(model, w_e, x, y))
     assert_moved_away_from(expected, sgd(w, g))
+    if method == "asam":
+        assert any("bias" in n for n in w)
+        e_biases_scaled = sam_perturbation(w, g, rho, eta, adaptive=True, scale_biases=True)
+        assert_moved_away_from(expected, sgd(w, grad_at(model, {n: w[n] + e_biases_scaled[n] for n in w}, x, y)))
     history = run_train(method, model, x, y, rho=rho, eta=eta)
     assert_weights(model, expected)
     assert history[0]["loss"] == pytest.approx(float(loss_at(model, w, x, y)), rel=1e-12)

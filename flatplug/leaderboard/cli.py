@@ -33,8 +33,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--executor-option", action="append", default=[], metavar="KEY=VALUE",
                    help="executor option, e.g. num_gpus_per_task=0.25 (repeatable)")
     p.add_argument("--aa", default="auto", choices=("auto", "standard", "plus", "rand", "lite"),
-                   help="AutoAttack: auto (standard on a GPU, lite on the CPU), a torchattacks version, or lite "
-                        "(APGD-CE and APGD-T only)")
+                   help="AutoAttack: auto (standard on a GPU, lite on the CPU), a version of the original AutoAttack, "
+                        "or lite (the per-image ensemble of APGD-CE and APGD-T only)")
     p.add_argument("--boot", type=int, default=1000, help="bootstrap resamples for the correlation intervals")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=main)

@@ -7,7 +7,7 @@ one attack (the store keys rows by attack settings, so each attack is its own ro
 1. PGD plus the measures (the threat-model-free ones are computed once and skipped afterwards);
 2. worst-case adaptive sharpness (``sharpness`` is one measure name, so each setting is a call);
 3. robust-loss sharpness at the threat model, when available;
-4. AutoAttack (one call; two, APGD-CE and APGD-T, for the CPU's AA-lite).
+4. AutoAttack (one call; for the CPU's AA-lite, the per-image ensemble of APGD-CE and APGD-T).
 
 Every call returns its rows of the store; :func:`run_plan` concatenates them, so the tables never
 depend on how the store spells its keys. The relative-flatness median per sample is computed here

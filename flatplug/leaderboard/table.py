@@ -90,8 +90,9 @@ def _value(row: dict[str, Any] | None) -> tuple[float, float, str]:
 
 
 def _lowest(index, model: str, keys: dict[str, tuple[str, str, str]], errors: list[str]) -> tuple[float, float, str]:
-    """The AutoAttack column: the lowest accuracy of its attack rows (one row unless AA-lite), their summed
-    seconds and ``"apgd 0.41, apgdt 0.40"``; NaN with an error when any of them is missing or failed."""
+    """The AutoAttack column: the lowest accuracy of its attack rows (the plan gives one, AA-lite
+    included, so this is that row's accuracy), their summed seconds and ``"autoattack 0.41"``; NaN
+    with an error when any of them is missing or failed."""
     values, seconds, parts = [], 0.0, []
     for name, key in keys.items():
         value, secs, err = _value(index.get((model, key)))

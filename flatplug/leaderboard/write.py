@@ -101,8 +101,8 @@ def _canon(params: Any) -> str:
 
 def report_frame(plan: Plan, tm, table, frame):
     """Rows for a flatplug report of threat model ``tm``: its measure rows and clean accuracy from the
-    store, plus one row per model holding the leaderboard's AutoAttack column (for AA-lite, the lower of
-    its two attack rows), so the report plots every measure against exactly that column."""
+    store, plus one row per model holding the leaderboard's AutoAttack column (AA-lite included: one
+    attack row), so the report plots every measure against exactly that column."""
     import pandas as pd
 
     keys = {("accuracy", "clean", _canon({}))}

@@ -45,8 +45,10 @@ def test_pgd_at_sam_step_is_sam_on_the_pgd_examples(adaptive):
     params = [p.detach().clone() for p in model.parameters()]
     rho, eta = (0.5, 0.01) if adaptive else (0.05, 0.01)
     g = grad_at(model, params, x_adv, y)
-    if adaptive:  # ASAM: e = rho T^2 g / ||T g||, T = |w| + eta
-        t = [p.abs() + eta for p in params]
+    if adaptive:  # ASAM: e = rho T^2 g / ||T g||, T = |w| + eta for "weight" parameters, 1 for biases (official code)
+        names = [n for n, _ in model.named_parameters()]
+        assert any("bias" in n for n in names)
+        t = [p.abs() + eta if "weight" in n else torch.ones_like(p) for n, p in zip(names, params)]
         norm = torch.sqrt(sum(((ti * gi) ** 2).sum() for ti, gi in zip(t, g)))
         e = [rho * ti * ti * gi / norm for ti, gi in zip(t, g)]
     else:

@@ -22,7 +22,7 @@ from torchattacks_support import EPS, accuracy, images, model, single_thread  # 
 
 import flatplug as fp  # noqa: E402
 from flatplug import plugins  # noqa: E402
-from flatplug_torchattacks import SKIPPED, FlatRegionAttack, LocalFlatnessPGD, attack_factories  # noqa: E402
+from flatplug_torchattacks import SKIPPED, AutoAttack, FlatRegionAttack, LocalFlatnessPGD, attack_factories  # noqa: E402
 from flatplug_torchattacks.catalog import FIXED_NORMS  # noqa: E402
 
 #: cheap settings per registered attack (the rest are the attack's defaults)
@@ -37,12 +37,15 @@ CHEAP = {
     "pifgsm": {"num_iter_set": 2}, "pifgsmpp": {"num_iter_set": 2}, "cw": {"steps": 5},
     "pgdl2": {"eps": 0.5, "steps": 3}, "deepfool": {"steps": 5}, "pgdrsl2": {"eps": 0.5, "steps": 2, "noise_batch_size": 2},
     "sparsefool": {"steps": 1}, "onepixel": {"steps": 1, "popsize": 4}, "pixle": {},
-    "fab": {"steps": 3}, "autoattack": {"version": "standard"}, "square": {"n_queries": 20},
+    "fab": {"steps": 3}, "autoattack": {"version": "custom", "attacks_to_run": ["apgd-ce"]},
+    "autoattack_torchattacks": {"version": "standard"}, "square": {"n_queries": 20},
     "local_flatness_pgd": {"steps": 2}, "flat_region": {"steps": 3},
 }
 #: attacks that process one image at a time and are slow: fewer images
 SLOW = {"jsma": 2, "sparsefool": 2, "onepixel": 4}
 OWN = {"local_flatness_pgd": LocalFlatnessPGD, "flat_region": FlatRegionAttack}
+#: the adapter's own classes registered with input checks (a subclass of the class)
+OWN_CHECKED = {"autoattack": AutoAttack}
 
 
 def _run(name: str, n: int, targeted: bool = False):
@@ -84,7 +87,7 @@ def _check_output(name, attack, x, adv):
 
 def test_every_torchattacks_attack_is_registered_or_skipped_for_a_reason():
     names = set(attack_factories())
-    expected = {n.lower() for n in torchattacks.__all__ if n not in SKIPPED} | set(OWN)
+    expected = {n.lower() for n in torchattacks.__all__ if n not in SKIPPED} | set(OWN) | {"autoattack_torchattacks"}
     assert names == expected
     assert set(SKIPPED) == {"MultiAttack", "LGV"}
     assert set(CHEAP) == names  # a new attack must get test settings here
@@ -97,6 +100,8 @@ def test_every_registered_attack_runs_on_a_real_model(name):
     assert isinstance(attack, torchattacks.attack.Attack)
     if name in OWN:
         assert type(attack) is OWN[name]
+    elif name in OWN_CHECKED:
+        assert isinstance(attack, OWN_CHECKED[name]) and type(attack).__name__ == OWN_CHECKED[name].__name__
     else:
         assert isinstance(attack, getattr(torchattacks, type(attack).__name__))
     _check_output(name, attack, x, adv)

@@ -1,7 +1,10 @@
 """Every torchattacks attack by name: ``factory(model, **params) -> torchattacks.Attack``.
 
-Names are the lower-cased class names (``"pgd"``, ``"apgd"``, ``"autoattack"``, ...), plus this
-adapter's ``"local_flatness_pgd"`` and ``"flat_region"``. Parameters use flatplug's vocabulary
+Names are the lower-cased class names (``"pgd"``, ``"apgd"``, ...), plus this adapter's
+``"local_flatness_pgd"`` and ``"flat_region"``. ``"autoattack"`` is this adapter's
+:class:`~flatplug_torchattacks.autoattack.AutoAttack`, the original AutoAttack's settings (100
+iterations, per-image ensemble; ``version`` standard/plus/rand/custom) built from torchattacks'
+members; torchattacks' own ``AutoAttack`` (10 iterations) is ``"autoattack_torchattacks"``. Parameters use flatplug's vocabulary
 (``eps``, ``norm``, ``steps``, ``step_size``, ``random_start``) and pass through to the
 constructor; this is the boundary where ``step_size`` becomes torchattacks' ``alpha``.
 ``factory.parameters`` lists the accepted names in flatplug's vocabulary; unknown ones are a
@@ -26,6 +29,7 @@ from torchattacks.attack import Attack
 
 from ._checks import validate
 from ._options import flatplug_norm, torchattacks_norm
+from .autoattack import AutoAttack
 from .flat_region import FlatRegionAttack
 from .local_flatness_pgd import LocalFlatnessPGD
 
@@ -65,6 +69,12 @@ def validated_class(cls: type) -> type:
     return type(cls.__name__, (ValidatedInputs, cls), {"__doc__": cls.__doc__, "__module__": __name__,
                                                         "__qualname__": cls.__name__})
 
+
+#: registration info (``AttackInfo`` fields) of the attacks whose results differ from version 1
+ATTACK_INFO = {
+    "autoattack": {"version": "2", "paper": "Croce & Hein 2020, Reliable evaluation of adversarial robustness with "
+                                            "an ensemble of diverse parameter-free attacks (ICML)"},
+}
 
 #: flatplug's name -> torchattacks' name (the one translation at this boundary)
 TO_TORCHATTACKS = {"step_size": "alpha"}
@@ -153,7 +163,10 @@ def torchattacks_classes() -> dict[str, type]:
 
 def attack_factories() -> dict[str, Callable[..., Attack]]:
     """Every registered attack: torchattacks' (checked inputs) and this adapter's own."""
-    factories = {name: make_factory(name, cls) for name, cls in torchattacks_classes().items()}
+    classes = torchattacks_classes()
+    classes["autoattack_torchattacks"] = classes["autoattack"]
+    classes["autoattack"] = AutoAttack
+    factories = {name: make_factory(name, cls) for name, cls in classes.items()}
     factories["local_flatness_pgd"] = make_factory("local_flatness_pgd", LocalFlatnessPGD, check_inputs=False)
     factories["flat_region"] = make_factory("flat_region", FlatRegionAttack, check_inputs=False)
     return factories

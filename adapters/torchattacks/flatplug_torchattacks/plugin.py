@@ -11,7 +11,7 @@ from flatplug import hookimpl
 
 @hookimpl
 def flatplug_register_attacks(register):
-    from .catalog import attack_factories
+    from .catalog import ATTACK_INFO, attack_factories
 
     for name, factory in attack_factories().items():
-        register(name, factory)
+        register(name, factory, **ATTACK_INFO.get(name, {}))
