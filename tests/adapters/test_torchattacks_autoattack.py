@@ -115,6 +115,35 @@ def test_aa_lite_agrees_with_the_original_per_image():
     assert attack.robust_accuracy["apgd-t"] == pytest.approx(float(ours.float().mean()))
 
 
+def test_cheaper_settings_agree_with_the_original_set_the_same_way():
+    """``n_iter``/``n_restarts`` (the leaderboard's CPU AA-lite: 20 iterations, 1 restart) against the
+    original's APGD and APGD-T set up as their constructor would for 20 iterations, on the same 64 real images.
+    Same tolerance argument as above. Guards against the override missing a member (APGD-T keeping 100
+    iterations, APGD-CE keeping 5 restarts), which changes which images survive."""
+    net = model()
+    x, y = images(64)
+    attack = attack_factories()["autoattack"](net, eps=2 / 255, norm="linf", version="custom",
+                                              attacks_to_run=["apgd-ce", "apgd-t"], n_iter=20, n_restarts=1)
+    assert [(m.steps, m.n_restarts) for m in attack.members] == [(20, 1), (20, 1)]
+    adv = attack(x, y)
+    o = pyautoattack.AutoAttack(net, norm="Linf", eps=2 / 255, version="custom", attacks=["apgd-ce", "apgd-t"],
+                                seed=0)
+    o.verbose = False
+    o.apgd.n_restarts = 1
+    for a in (o.apgd, o.apgd_targeted):  # as the original's constructor sets them for n_iter=20 (setting
+        a.n_iter = 20                      # n_iter alone after construction keeps the step-size checkpoints of 100)
+        a.n_iter_2, a.n_iter_min, a.size_decr = max(int(0.22 * 20), 1), max(int(0.06 * 20), 1), max(int(0.03 * 20), 1)
+    x_orig, _ = o.run_standard_evaluation(x, y, batch_size=len(x))
+    with torch.no_grad():
+        ours, theirs = net(adv).argmax(1) == y, net(x_orig).argmax(1) == y
+    assert int(((adv - x_orig).flatten(1).abs().amax(1) > 1e-5).sum()) <= 2
+    assert abs(int(ours.sum()) - int(theirs.sum())) <= 1
+    with pytest.raises(ValueError, match="n_iter"):
+        AutoAttack(net, n_iter=0)
+    with pytest.raises(ValueError, match="n_restarts"):
+        AutoAttack(net, n_restarts=1.5)
+
+
 def test_registered_autoattack_is_the_original_and_torchattacks_own_is_unchanged():
     """Guards against the registry still handing out torchattacks' 10-iteration AutoAttack (or a
     monkeypatched one), against the flatplug spelling of the norm not reaching the members, and

@@ -60,9 +60,19 @@ N_QUERIES = 5000
 P_INIT = 0.8
 
 
-def version_settings(version: str, attacks_to_run: Sequence[str] | None = None) -> list[tuple[str, dict]]:
+def version_settings(version: str, attacks_to_run: Sequence[str] | None = None,
+                     n_iter: int | None = None, n_restarts: int | None = None) -> list[tuple[str, dict]]:
     """``[(attack, settings)]`` the original runs for ``version``: ``n_iter``/``n_queries``,
-    ``n_restarts``, ``n_target_classes`` (targeted attacks), ``eot_iter`` (APGD), ``p_init`` (Square)."""
+    ``n_restarts``, ``n_target_classes`` (targeted attacks), ``eot_iter`` (APGD), ``p_init`` (Square).
+    ``n_iter``: the iterations of APGD and FAB (``None``: the original's 100), as setting the
+    original's ``adversary.apgd.n_iter`` does; Square's queries stay 5000. ``n_restarts``: the
+    restarts of the untargeted APGD and FAB (``None``: the version's), as ``adversary.apgd.n_restarts``."""
+    if n_iter is None:
+        n_iter = N_ITER
+    elif isinstance(n_iter, bool) or not isinstance(n_iter, int) or n_iter < 1:
+        raise ValueError(f"n_iter: expected a positive integer (None: the original's {N_ITER}), got {n_iter!r}")
+    if n_restarts is not None and (isinstance(n_restarts, bool) or not isinstance(n_restarts, int) or n_restarts < 1):
+        raise ValueError(f"n_restarts: expected a positive integer (None: the version's), got {n_restarts!r}")
     if version not in VERSIONS:
         raise ValueError(f"version: expected one of {', '.join(VERSIONS)}, got {version!r}")
     if version == "custom":
@@ -82,17 +92,19 @@ def version_settings(version: str, attacks_to_run: Sequence[str] | None = None) 
         apgd_restarts = {"standard": 1, "plus": 5, "rand": 1}[version]
         fab_restarts = {"standard": 1, "plus": 5, "rand": 5}[version]
         eot_iter = 20 if version == "rand" else 1
+    if n_restarts is not None:
+        apgd_restarts = fab_restarts = n_restarts
     out = []
     for name in names:
         if name in ("apgd-ce", "apgd-dlr"):
-            s = {"n_iter": N_ITER, "n_restarts": apgd_restarts, "eot_iter": eot_iter}
+            s = {"n_iter": n_iter, "n_restarts": apgd_restarts, "eot_iter": eot_iter}
         elif name == "apgd-t":
-            s = {"n_iter": N_ITER, "n_restarts": 1, "n_target_classes": N_TARGET_CLASSES, "eot_iter": eot_iter}
+            s = {"n_iter": n_iter, "n_restarts": 1, "n_target_classes": N_TARGET_CLASSES, "eot_iter": eot_iter}
         elif name == "fab":
-            s = {"n_iter": N_ITER, "n_restarts": fab_restarts}
+            s = {"n_iter": n_iter, "n_restarts": fab_restarts}
         elif name == "fab-t":
             fab_restarts = 1  # the original sets fab.n_restarts = 1 for fab-t, and it stays so
-            s = {"n_iter": N_ITER, "n_restarts": 1, "n_target_classes": N_TARGET_CLASSES}
+            s = {"n_iter": n_iter, "n_restarts": 1, "n_target_classes": N_TARGET_CLASSES}
         else:
             s = {"n_queries": N_QUERIES, "n_restarts": 1, "p_init": P_INIT}
         out.append((name, s))
@@ -111,6 +123,8 @@ class AutoAttack(Attack):
             ``fab``, ``square``, ``apgd-t``, ``fab-t``, run in that order.
         n_classes (int or None): the model's number of classes ``K`` (``None``: its output size); the
             targeted attacks use ``min(9, K - 1)`` target classes.
+        n_iter (int or None): iterations of APGD, APGD-T and FAB (``None``: the original's 100); fewer
+            make a cheaper, weaker evaluation (the leaderboard's CPU "AA-lite" uses 20).
         seed (int or None): seed of every member (``None``: the time, as the original). (Default: 0)
         verbose (bool): print the robust accuracy after each attack. (Default: False)
 
@@ -121,12 +135,13 @@ class AutoAttack(Attack):
     """
 
     def __init__(self, model, norm="Linf", eps=8 / 255, version="standard", attacks_to_run=None, n_classes=None,
-                 seed=0, verbose=False):
+                 n_iter=None, n_restarts=None, seed=0, verbose=False):
         super().__init__("AutoAttack", model)
         self.norm = torchattacks_norm(norm)
         self.eps = check_radius(eps, "eps")
         self.version = version
-        self.settings = version_settings(version, attacks_to_run)
+        self.settings = version_settings(version, attacks_to_run, n_iter, n_restarts)
+        self.n_iter = N_ITER if n_iter is None else n_iter
         self.attacks_to_run = [name for name, _ in self.settings]
         if n_classes is not None and (isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 2):
             raise ValueError(f"n_classes: expected an integer >= 2 or None (the model's output size), got {n_classes!r}")
