@@ -16,8 +16,10 @@ For weights ``w`` and a perturbation ``delta``,
   standard deviation per coordinate, not a radius) or ``eps ~ U[-rho, rho]^n`` (``"linf"``),
   estimated from ``samples`` draws with its standard error.
 
-``adaptive=True`` uses ``delta = |w| * eps`` elementwise, the scale-invariant adaptive sharpness
-of Kwon et al. 2021 (ASAM) and Andriushchenko et al. 2023; ``adaptive=False`` uses ``delta = eps``.
+``adaptive=True`` uses ``delta = |w| * eps`` elementwise on every parameter (biases included), the
+adaptive sharpness of Andriushchenko et al. 2023 as their official code computes it
+(tml-epfl/sharpness-vs-generalization); ``adaptive=False`` uses ``delta = eps``. ASAM's training
+operator (Kwon et al. 2021) differs: ``|w| + eta``, and only on parameters named "weight".
 
 ``m`` (``kind="worst"`` only): Andriushchenko et al.'s m-sharpness. The data, in order, are cut
 into consecutive batches of ``m`` samples (across the caller's batch boundaries; the last batch
