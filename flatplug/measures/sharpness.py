@@ -18,7 +18,7 @@ For weights ``w`` and a perturbation ``delta``,
 
 ``adaptive=True`` uses ``delta = |w| * eps`` elementwise on every parameter (biases included), the
 adaptive sharpness of Andriushchenko et al. 2023 (how it compares with their official code is said
-above); ``adaptive=False`` uses ``delta = eps``. ASAM's training
+below); ``adaptive=False`` uses ``delta = eps``. ASAM's training
 operator (Kwon et al. 2021) differs: ``|w| + eta``, and only on parameters named "weight".
 
 ``m`` (``kind="worst"`` only): Andriushchenko et al.'s m-sharpness. The data, in order, are cut
