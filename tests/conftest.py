@@ -76,6 +76,19 @@ class ThreeDOutput(nn.Module):
         return self.net(x)[:, None, :]
 
 
+class LinearLogit(nn.Module):
+    """``x -> [0, w.x + b]``: softmax cross-entropy of these logits is the logistic loss softplus(-s z)."""
+
+    def __init__(self, w: torch.Tensor, b: float):
+        super().__init__()
+        self.weight = nn.Parameter(w.detach().clone().reshape(1, -1))
+        self.bias = nn.Parameter(torch.tensor([float(b)], dtype=w.dtype))
+
+    def forward(self, x):
+        z = x.flatten(1) @ self.weight[0] + self.bias[0]
+        return torch.stack([torch.zeros_like(z), z], 1)
+
+
 class Quadratic(nn.Module):
     """Logits are the parameter ``w`` repeated per sample; a ``loss_fn`` turns them into a quadratic in ``w``."""
 

@@ -9,7 +9,7 @@ from torch import nn
 from torch.func import functional_call
 
 from flatplug.measures import loss_landscape
-from conftest import Quadratic, tiny_batch, tiny_mlp
+from conftest import LinearLogit, Quadratic, tiny_batch, tiny_mlp
 
 
 class ConvNet(nn.Module):
@@ -221,19 +221,6 @@ def test_input_space_needs_unit_range_images():
 
 
 # -- robust-loss landscapes (Stutz et al. 2021; Yamada et al. 2021): exact on logistic regression --
-
-
-class LinearLogit(nn.Module):
-    """``x -> [0, w.x + b]``: softmax cross-entropy of these logits is the logistic loss softplus(-s z)."""
-
-    def __init__(self, w: torch.Tensor, b: float):
-        super().__init__()
-        self.weight = nn.Parameter(w.detach().clone().reshape(1, -1))
-        self.bias = nn.Parameter(torch.tensor([float(b)], dtype=w.dtype))
-
-    def forward(self, x):
-        z = x.flatten(1) @ self.weight[0] + self.bias[0]
-        return torch.stack([torch.zeros_like(z), z], 1)
 
 
 def mnist_3_vs_7(n=200):

@@ -13,7 +13,7 @@ from torch import nn
 import flatplug as fp
 from flatplug.measures import sharpness
 
-from conftest import Quadratic, dense_hessian, tiny_batch, tiny_mlp
+from conftest import LinearLogit, Quadratic, dense_hessian, tiny_batch, tiny_mlp
 
 
 def quadratic_loss(A: torch.Tensor, w0: torch.Tensor):
@@ -260,19 +260,6 @@ def test_linf_sign_ascent_is_a_lower_bound_stopping_at_a_local_vertex():
 
 
 # -- robust (adversarial) sharpness (Stutz et al. 2021) on logistic regression, exact ------------
-
-
-class LinearLogit(nn.Module):
-    """``x -> [0, w.x + b]``: the softmax cross-entropy of these logits is the logistic loss."""
-
-    def __init__(self, w: torch.Tensor, b: float):
-        super().__init__()
-        self.weight = nn.Parameter(w.detach().clone().reshape(1, -1))
-        self.bias = nn.Parameter(torch.tensor([float(b)], dtype=w.dtype))
-
-    def forward(self, x):
-        z = x.flatten(1) @ self.weight[0] + self.bias[0]
-        return torch.stack([torch.zeros_like(z), z], 1)
 
 
 def robust_logistic_loss(x, y, w, b, eps):
