@@ -176,7 +176,7 @@ def run_job(job: Job, sink: Callable[[Row], None], *, done: Callable[[dict], boo
     run = _ModelRun(job, model, x_all, y_all, batch_size)
     bar = progress(todo, desc=job.model_name, quiet=quiet)
     for row in bar:
-        bar.set_postfix_str(f"{row.kind} {row.name}", refresh=False)
+        bar.set_postfix_str(f"{row.kind} {row.name}", refresh=True)  # show what runs now, however fast the rows are
         start = time.perf_counter()
         try:
             while True:
