@@ -29,7 +29,7 @@ the flags back.
 from __future__ import annotations
 
 import warnings
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -192,36 +192,55 @@ class HessianOperator:
         self._loss = loss_sum / count
         self._grad = self._flat([g.detach() for g in self._cached])
 
+    def _streamed(self, product: Callable[[torch.Tensor, torch.Tensor], tuple[list, list, float]]) -> torch.Tensor:
+        """Mean ``H v`` over the batches from ``product(x, y) -> (hv, grad, loss_sum)`` of one batch
+        (sums over its samples); records the mean gradient and loss on the way when not known yet."""
+        acc: list[torch.Tensor] | None = None
+        grad_acc: list[torch.Tensor] | None = None
+        loss_sum = 0.0
+        count = 0
+        for x, y in self._iter():
+            hv, g, s = product(x, y)
+            acc = hv if acc is None else [a + b for a, b in zip(acc, hv)]
+            if self._grad is None:
+                grad_acc = g if grad_acc is None else [a + b for a, b in zip(grad_acc, g)]
+            loss_sum += s
+            count += x.shape[0]
+        assert acc is not None  # Batches raises on empty data
+        self.num_samples = count
+        if self._grad is None and grad_acc is not None:
+            self._grad = self._flat(grad_acc) / count
+            self._loss = loss_sum / count
+        return self._flat(acc) / count
+
     def _forward_over_reverse(self, vs: list[torch.Tensor]) -> torch.Tensor:
         """``H v`` as ``jvp(grad(loss))`` batch by batch; records the gradient and loss on the way."""
         from torch.func import functional_call, grad_and_value, jvp
 
         primals = {n: p.detach() for n, p in zip(self.param_names, self.params)}
         tangents = dict(zip(self.param_names, vs))
-        acc: list[torch.Tensor] | None = None
-        grad_acc: list[torch.Tensor] | None = None
-        loss_sum = 0.0
-        count = 0
-        for x, y in self._iter():
 
-            def loss_of(selected: dict[str, torch.Tensor], x=x, y=y) -> torch.Tensor:
+        def product(x: torch.Tensor, y: torch.Tensor) -> tuple[list, list, float]:
+            def loss_of(selected: dict[str, torch.Tensor]) -> torch.Tensor:
                 logits = check_logits(functional_call(self.model, selected, (x,)), y)
                 return per_sample_loss(self.loss_fn, logits, y).sum()
 
             (g, s), (hv, _) = jvp(grad_and_value(loss_of), (primals,), (tangents,))
-            hvs = [hv[n] for n in self.param_names]
-            acc = hvs if acc is None else [a + b for a, b in zip(acc, hvs)]
-            if self._grad is None:
-                gs = [g[n] for n in self.param_names]
-                grad_acc = gs if grad_acc is None else [a + b for a, b in zip(grad_acc, gs)]
-            loss_sum += float(s)
-            count += x.shape[0]
-        assert acc is not None
-        self.num_samples = count
-        if self._grad is None and grad_acc is not None:
-            self._grad = self._flat(grad_acc) / count
-            self._loss = loss_sum / count
-        return self._flat(acc) / count
+            return [hv[n] for n in self.param_names], [g[n] for n in self.param_names], float(s)
+
+        return self._streamed(product)
+
+    def _streamed_double_backward(self, vs: list[torch.Tensor]) -> torch.Tensor:
+        """``H v`` by double backward one batch at a time (no cached graph)."""
+
+        def product(x: torch.Tensor, y: torch.Tensor) -> tuple[list, list, float]:
+            with torch.enable_grad():
+                s = self._batch_loss_sum(x, y)
+                g = self._grads(s, create_graph=True)
+                hv = self._double_backward(g, vs, retain=False)
+            return hv, [t.detach() for t in g], float(s.detach())
+
+        return self._streamed(product)
 
     def _loss_reads_params(self) -> bool:
         """Whether a custom ``loss_fn`` depends on the selected parameters other than through the
@@ -271,27 +290,7 @@ class HessianOperator:
         self.hvp_count += 1
         if self._cached is not None:
             return self._flat(self._double_backward(self._cached, vs, retain=True))
-        acc: list[torch.Tensor] | None = None
-        grad_acc: list[torch.Tensor] | None = None
-        loss_sum = 0.0
-        count = 0
-        with torch.enable_grad():
-            for x, y in self._iter():
-                s = self._batch_loss_sum(x, y)
-                g = self._grads(s, create_graph=True)
-                hv = self._double_backward(g, vs, retain=False)
-                acc = hv if acc is None else [a + b for a, b in zip(acc, hv)]
-                if self._grad is None:
-                    gd = [t.detach() for t in g]
-                    grad_acc = gd if grad_acc is None else [a + b for a, b in zip(grad_acc, gd)]
-                loss_sum += float(s.detach())
-                count += x.shape[0]
-        assert acc is not None
-        self.num_samples = count
-        if self._grad is None and grad_acc is not None:
-            self._grad = self._flat(grad_acc) / count
-            self._loss = loss_sum / count
-        return self._flat(acc) / count
+        return self._streamed_double_backward(vs)
 
     __matmul__ = matvec
 
