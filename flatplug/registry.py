@@ -41,6 +41,14 @@ class ForwardPass:
     layer: nn.Linear | None = None
     layer_name: str | None = None
 
+    def penultimate(self, measure: str) -> tuple[torch.Tensor, torch.Tensor, nn.Linear, str]:
+        """``(features, y, layer, layer_name)`` for ``measure``, which needs the inputs of the layer that
+        produces the logits; a clear error when this model does not end in an ``nn.Linear``."""
+        if self.features is None or self.layer is None:
+            raise ValueError(f"{measure} needs the features of the layer that produces the logits; "
+                             "the shared forward pass has none for this model")
+        return self.features, self.y, self.layer, self.layer_name or ""
+
 
 @dataclass(frozen=True)
 class MeasureInfo(PluginInfo):

@@ -238,10 +238,8 @@ def feature_robustness(
 
 def from_forward(forward: ForwardPass, **params) -> Measurement:
     """The measure from scoring's shared forward pass (its captured features and last ``nn.Linear``)."""
-    if forward.features is None or forward.layer is None:
-        raise ValueError("feature robustness needs the features of the layer that produces the logits; "
-                         "the shared forward pass has none for this model")
-    return from_features(forward.features, forward.y, forward.layer, layer_name=forward.layer_name or "", **params)
+    phi, y, layer, name = forward.penultimate("feature robustness")
+    return from_features(phi, y, layer, layer_name=name, **params)
 
 
 INFO = MeasureInfo(

@@ -223,10 +223,8 @@ def relative_flatness(
 
 def from_forward(forward: ForwardPass, **params) -> Measurement:
     """The measure from scoring's shared forward pass (its captured features and last ``nn.Linear``)."""
-    if forward.features is None or forward.layer is None:
-        raise ValueError("relative flatness needs the features of the layer that produces the logits; "
-                         "the shared forward pass has none for this model")
-    return from_features(forward.features, forward.y, forward.layer, layer_name=forward.layer_name or "", **params)
+    phi, y, layer, name = forward.penultimate("relative flatness")
+    return from_features(phi, y, layer, layer_name=name, **params)
 
 
 INFO = MeasureInfo(
