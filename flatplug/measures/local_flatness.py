@@ -210,6 +210,17 @@ def _ascend(model, x, y, *, eps, norm, q, steps, step_size, random_start, genera
     return best_x.detach(), best, at_x
 
 
+def _checked_ascent(model, x, y, *, eps, norm, q, steps, step_size, random_start, generator, loss_fn, keep_best):
+    """:func:`_ascend` on one batch after checking the settings and inputs, with the weights frozen."""
+    q = check_settings(eps, norm, q, steps, step_size)
+    check_inputs(x, name="x", unit_range=True)
+    check_labels(y, x.shape[0], name="y")
+    with inputs_only(model):
+        return _ascend(model, x, y, eps=float(eps), norm=norm, q=q, steps=steps, step_size=step_size,
+                       random_start=random_start, generator=generator, loss_fn=resolve_loss(loss_fn),
+                       keep_best=keep_best)
+
+
 def ascent_point(
     model: nn.Module,
     x: torch.Tensor,
@@ -232,13 +243,8 @@ def ascent_point(
     with the weights' ``requires_grad`` off for the duration; leaves no parameter gradients.
     Returns detached points in the ball and in [0, 1].
     """
-    q = check_settings(eps, norm, q, steps, step_size)
-    check_inputs(x, name="x", unit_range=True)
-    check_labels(y, x.shape[0], name="y")
-    with inputs_only(model):
-        point, _, _ = _ascend(model, x, y, eps=float(eps), norm=norm, q=q, steps=steps, step_size=step_size,
-                              random_start=random_start, generator=generator, loss_fn=resolve_loss(loss_fn),
-                              keep_best=False)
+    point, _, _ = _checked_ascent(model, x, y, eps=eps, norm=norm, q=q, steps=steps, step_size=step_size,
+                                  random_start=random_start, generator=generator, loss_fn=loss_fn, keep_best=False)
     return point
 
 
@@ -266,13 +272,8 @@ def max_gradient_norm_point(
     attacks expect). Returns ``(x_best, best_norms)``: detached points in the ball and in [0, 1],
     and the largest per-sample gradient norms seen, including the norm at ``x`` itself.
     """
-    q = check_settings(eps, norm, q, steps, step_size)
-    check_inputs(x, name="x", unit_range=True)
-    check_labels(y, x.shape[0], name="y")
-    with inputs_only(model):
-        x_best, best, _ = _ascend(model, x, y, eps=float(eps), norm=norm, q=q, steps=steps, step_size=step_size,
-                                  random_start=random_start, generator=generator, loss_fn=resolve_loss(loss_fn),
-                                  keep_best=True)
+    x_best, best, _ = _checked_ascent(model, x, y, eps=eps, norm=norm, q=q, steps=steps, step_size=step_size,
+                                      random_start=random_start, generator=generator, loss_fn=loss_fn, keep_best=True)
     return x_best, best
 
 
