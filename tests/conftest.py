@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -74,6 +75,27 @@ class ThreeDOutput(nn.Module):
 
     def forward(self, x):
         return self.net(x)[:, None, :]
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any attempt to open a connection fails the test."""
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"network access attempted: {args[:2]}")
+
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+
+
+def plain_pgd(model, x, y, eps, steps, alpha):
+    """PGD without random start written from scratch with plain torch (the independent reference)."""
+    adv = x.clone()
+    for _ in range(steps):
+        adv.requires_grad_(True)
+        loss = F.cross_entropy(model(adv), y, reduction="sum")
+        (g,) = torch.autograd.grad(loss, adv)
+        adv = torch.min(torch.max(adv.detach() + alpha * g.sign(), x - eps), x + eps).clamp(0, 1)
+    return adv
 
 
 class LinearLogit(nn.Module):

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import flatplug as fp
-from conftest import shared_path
+from conftest import plain_pgd, shared_path
 from flatplug.report import build_report, summary_table
 from flatplug.scoring import MASKING_MARGIN, VANISHING_FRACTION, ModelSpec
 from flatplug.sources import ZooSource, load_imagefolder
@@ -35,12 +35,7 @@ class HardArgmax(nn.Module):
 
 def plain_pgd_accuracy(model, x, y, eps, steps, alpha):
     """Robust accuracy under L-inf PGD without random start, written from scratch with plain torch."""
-    adv = x.clone()
-    for _ in range(steps):
-        adv.requires_grad_(True)
-        loss = F.cross_entropy(model(adv), y, reduction="sum")
-        (g,) = torch.autograd.grad(loss, adv)
-        adv = torch.min(torch.max(adv.detach() + alpha * g.sign(), x - eps), x + eps).clamp(0, 1)
+    adv = plain_pgd(model, x, y, eps, steps, alpha)
     with torch.no_grad():
         return float((model(adv).argmax(1) == y).float().mean())
 

@@ -14,26 +14,14 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from flatplug.scoring import DatasetSpec, ModelSpec, score
 from flatplug.sources import ZooSource, load_imagefolder
 from flatplug.store import Store, StoreError
-from conftest import shared_path
+from conftest import plain_pgd, shared_path
 
 ROOT = Path(__file__).resolve().parents[1]
 CIFAR_MODELS = ["sdp_cnn_a_adv", "marabou_small", "oval_base", "wong_small_8px", "eran_conv_small_pgd", "resnet2b"]
-
-
-def plain_pgd(model, x, y, eps, steps, alpha):
-    """PGD without random start written from scratch with plain torch (the independent reference)."""
-    adv = x.clone()
-    for _ in range(steps):
-        adv.requires_grad_(True)
-        loss = F.cross_entropy(model(adv), y, reduction="sum")
-        (g,) = torch.autograd.grad(loss, adv)
-        adv = torch.min(torch.max(adv.detach() + alpha * g.sign(), x - eps), x + eps).clamp(0, 1)
-    return adv
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ real CIFAR images, and its metadata must restate the ``model_info`` record of ..
 from __future__ import annotations
 
 import json
-import socket
 from collections import OrderedDict
 
 import pytest
@@ -27,15 +26,6 @@ from flatplug_robustbench._compat import import_robustbench  # noqa: E402
 #: (dataset, threat model, name): PreActResNet-18s, small enough for the CPU
 MODELS = [("cifar10", "Linf", "Wong2020Fast"), ("cifar10", "L2", "Rice2020Overfitting"),
           ("cifar100", "Linf", "Rice2020Overfitting")]
-
-
-@pytest.fixture
-def no_network(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError(f"network access attempted: {args[:2]}")
-
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    monkeypatch.setattr(socket.socket, "connect", refuse)
 
 
 def _place_checkpoint(root, dataset: str, threat: str, name: str, seed: int) -> None:

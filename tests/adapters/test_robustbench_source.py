@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import time
 from collections import OrderedDict
 from pathlib import Path
@@ -75,16 +74,6 @@ def model_dir(tmp_path_factory, wong_state) -> Path:
 def cifar_images() -> tuple[torch.Tensor, torch.Tensor]:
     x, y = load_imagefolder(shared_path("data", "cifar10", "test.tar.gz"), n=4, seed=1)
     return x, y
-
-
-@pytest.fixture
-def no_network(monkeypatch):
-    """Any attempt to open a connection fails the test."""
-    def refuse(*args, **kwargs):
-        raise AssertionError(f"network access attempted: {args[:2]}")
-
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    monkeypatch.setattr(socket.socket, "connect", refuse)
 
 
 def test_plugin_registers_source_and_datasets():
