@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .plan import DATASET_NAMES, LITE_ITERATIONS, PGD_STEPS, Plan, aa_label
+from .plan import DATASET_NAMES, LITE_ITERATIONS, LITE_RESTARTS, PGD_STEPS, Plan, aa_label
 from .published import Entry
 from .table import MASKING_MARGIN, MEASURES
 
@@ -77,11 +77,12 @@ def measure_columns(table) -> list[str]:
 def _aa_text(mode: str) -> str:
     if mode == "lite":
         return ("**AA-lite** (the CPU stand-in for AutoAttack): the per-image ensemble of APGD-CE and APGD-T "
-                f"(9 target classes, 1 restart each) with {LITE_ITERATIONS} iterations each where the original "
-                "AutoAttack runs 100 (`autoattack`, `version=\"custom\"`, `attacks_to_run=[\"apgd-ce\", \"apgd-t\"]`, "
-                f"`n_iter={LITE_ITERATIONS}`, `n_restarts=1`, seed 0): an image counts as robust only if both attacks "
-                "fail on it. It leaves out FAB-T and Square and cuts the iterations (their cost on the CPU), so it "
-                "can be higher than the full AutoAttack on the same images. ")
+                f"(9 target classes, {LITE_RESTARTS} restart each) with {LITE_ITERATIONS} iterations each where the "
+                "original AutoAttack runs 100 (`autoattack`, `version=\"custom\"`, "
+                f"`attacks_to_run=[\"apgd-ce\", \"apgd-t\"]`, `n_iter={LITE_ITERATIONS}`, "
+                f"`n_restarts={LITE_RESTARTS}`, seed 0): an image counts as robust only if both attacks fail on it. "
+                "It leaves out FAB-T and Square and cuts the iterations (their cost on the CPU), so it can be higher "
+                "than the full AutoAttack on the same images. ")
     return (f"**{aa_label(mode)}**: the original AutoAttack's `{mode}` version (Croce & Hein 2020, RobustBench's "
             "evaluation): `autoattack(version=\"" + mode + "\", seed=0)`"
             + (", i.e. APGD-CE, APGD-T, FAB-T (100 iterations each) and Square (5000 queries), each attack on the "

@@ -141,7 +141,6 @@ class AutoAttack(Attack):
         self.eps = check_radius(eps, "eps")
         self.version = version
         self.settings = version_settings(version, attacks_to_run, n_iter, n_restarts)
-        self.n_iter = N_ITER if n_iter is None else n_iter
         self.attacks_to_run = [name for name, _ in self.settings]
         if n_classes is not None and (isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 2):
             raise ValueError(f"n_classes: expected an integer >= 2 or None (the model's output size), got {n_classes!r}")
