@@ -23,7 +23,8 @@ Registering:
 * :class:`MeasureInfo`: what a measure declares when it registers (version, zoo defaults, the
   attack settings it follows, whether it reuses scoring's shared forward pass);
 * :class:`AttackInfo`: an attack's implementation version;
-* :class:`ForwardPass`: what scoring's shared forward pass hands to ``MeasureInfo.from_forward``.
+* :class:`ForwardPass`: what scoring's shared forward pass hands to ``MeasureInfo.from_forward``
+  (``forward.penultimate(name)``: the features, labels and logits layer, or a clear error).
 
 Also :func:`progress` (a tqdm bar that stays quiet off a terminal) and the error types of
 :mod:`flatplug.errors`.
