@@ -19,7 +19,10 @@ on parameters, BatchNorm in train mode) falls back to the double backward with a
 
 On a CPU, image batches of a convolutional model are passed in channels_last memory layout:
 oneDNN's convolutions are faster on it (on resnet4b a product and the gradient graph both take
-about 16% less time); the numbers are the same up to float rounding.
+about 16% less time); the numbers are the same up to float rounding. The gradient graph that
+the double backward differentiates is recorded with :func:`flatplug._conv_grad.second_order_convs`,
+whose convolutions have fast derivatives (a product on resnet4b takes about 12% less time on a
+CPU, 20% in the contiguous layout).
 
 Callers wrap the operator's whole life in :func:`flatplug._state.preserved`: the operator turns
 ``requires_grad`` on for the selected parameters and off for the others, and ``preserved`` puts
@@ -29,11 +32,13 @@ the flags back.
 from __future__ import annotations
 
 import warnings
-from typing import Callable, Iterator
+from contextlib import nullcontext
+from typing import Callable, ContextManager, Iterator
 
 import torch
 from torch import nn
 
+from ._conv_grad import second_order_convs
 from ._data import Batches, model_device_dtype
 from ._loss import LossFn, cross_entropy, per_sample_loss, resolve_loss
 from ._params import ParamSpec, select_params
@@ -133,6 +138,11 @@ class HessianOperator:
         logits = check_logits(self.model(x), y)
         return per_sample_loss(self.loss_fn, logits, y).sum()
 
+    def _recording(self, create_graph: bool) -> ContextManager[object]:
+        """Where a gradient graph to be differentiated again is recorded: convolutions switched to
+        the formulation with fast derivatives (:mod:`flatplug._conv_grad`)."""
+        return second_order_convs(self.model) if create_graph else nullcontext()
+
     def _grads(self, loss: torch.Tensor, *, create_graph: bool) -> list[torch.Tensor]:
         grads = torch.autograd.grad(loss, self.params, create_graph=create_graph, allow_unused=True)
         return [torch.zeros_like(p) if g is None else g for g, p in zip(grads, self.params)]
@@ -161,7 +171,7 @@ class HessianOperator:
         total: list[torch.Tensor] | None = None
         loss_sum = 0.0
         count = 0
-        with torch.enable_grad():
+        with torch.enable_grad(), self._recording(create_graph):
             for x, y in self._iter():
                 s = self._batch_loss_sum(x, y)
                 g = self._grads(s, create_graph=create_graph)
@@ -235,8 +245,9 @@ class HessianOperator:
 
         def product(x: torch.Tensor, y: torch.Tensor) -> tuple[list, list, float]:
             with torch.enable_grad():
-                s = self._batch_loss_sum(x, y)
-                g = self._grads(s, create_graph=True)
+                with self._recording(True):
+                    s = self._batch_loss_sum(x, y)
+                    g = self._grads(s, create_graph=True)
                 hv = self._double_backward(g, vs, retain=False)
             return hv, [t.detach() for t in g], float(s.detach())
 
