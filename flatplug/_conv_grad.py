@@ -8,10 +8,11 @@ the kernel (a ``[C, N, H, W]`` input against a ``[C', N, H', W']`` "kernel"). on
 path for that shape, so on a CPU it takes about a quarter of an HVP on ``resnet4b``.
 
 :func:`second_order_convs` records the same first-order gradient differently: the input
-gradient as a transposed convolution ``convT(gO, W)`` and the weight gradient as
-``convolution_backward(gO, x)`` (weight part only). The derivatives of those two are a
-convolution, a transposed convolution and two ordinary weight gradients, all on the backends'
-fast kernels. The function computed, the gradient and the Hessian are the same up to float
+gradient as a transposed convolution ``convT(gO, W)`` and the weight gradient by the backends'
+weight-gradient kernel with its derivatives written out (``conv(x, .)`` for ``gO``,
+``convT(gO, .)`` for ``x``, each only when needed: stock autograd also computes the latter for
+the first layer, whose input needs no gradient). The derivatives are then convolutions,
+transposed convolutions and ordinary weight gradients, all on the backends' fast kernels. The function computed, the gradient and the Hessian are the same up to float
 rounding (about 1e-7 relative in float32; tested against the stock graph and dense Hessians).
 
 Only stock ``nn.Conv1d/2d/3d`` with ``padding_mode="zeros"`` and numeric padding are switched,
@@ -32,40 +33,69 @@ __all__ = ["second_order_convs"]
 _STOCK = {cls: cls._conv_forward for cls in (nn.Conv1d, nn.Conv2d, nn.Conv3d)}
 
 
-class _Convolution(torch.autograd.Function):
-    """``convolution(x, w, b)`` (not transposed) with a backward written in differentiable ops."""
+def _conv(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, conf: tuple) -> torch.Tensor:
+    stride, padding, dilation, groups = conf
+    return torch.ops.aten.convolution(x, w, b, stride, padding, dilation, False, [0] * len(stride), groups)
+
+
+def _conv_transposed(g_out: torch.Tensor, w: torch.Tensor, size: torch.Size, conf: tuple) -> torch.Tensor:
+    """The adjoint of ``_conv(., w)`` applied to ``g_out``, cropped/padded to the input's ``size``."""
+    stride, padding, dilation, groups = conf
+    extra = [  # output padding that gives exactly the input's spatial size
+        size[2 + i] - ((g_out.shape[2 + i] - 1) * stride[i] - 2 * padding[i] + dilation[i] * (w.shape[2 + i] - 1) + 1)
+        for i in range(len(stride))
+    ]
+    return torch.ops.aten.convolution(g_out, w, None, stride, padding, dilation, True, extra, groups)
+
+
+class _WeightGradient(torch.autograd.Function):
+    """``d<g_out, conv(x, W)>/dW`` (the backends' weight-gradient kernel), with derivatives
+    ``conv(x, .)`` for ``g_out`` and ``convT(g_out, .)`` for ``x``, each computed only when needed."""
 
     @staticmethod
-    def forward(x, w, b, stride, padding, dilation, groups):  # type: ignore[override]
+    def forward(g_out, x, w, conf):  # type: ignore[override]
+        stride, padding, dilation, groups = conf
         zeros = [0] * len(stride)
-        return torch.ops.aten.convolution(x, w, b, stride, padding, dilation, False, zeros, groups)
+        return torch.ops.aten.convolution_backward(
+            g_out, x, w, None, stride, padding, dilation, False, zeros, groups, [False, True, False]
+        )[1]
 
     @staticmethod
     def setup_context(ctx, inputs, output):  # type: ignore[override]
-        x, w, b, stride, padding, dilation, groups = inputs
+        g_out, x, _, conf = inputs
+        ctx.save_for_backward(g_out, x)
+        ctx.conf = conf
+
+    @staticmethod
+    def backward(ctx, gg_w):  # type: ignore[override]
+        g_out, x = ctx.saved_tensors
+        d_out = _conv(x, gg_w, None, ctx.conf) if ctx.needs_input_grad[0] else None
+        d_x = _conv_transposed(g_out, gg_w, x.shape, ctx.conf) if ctx.needs_input_grad[1] else None
+        return d_out, d_x, None, None
+
+
+class _Convolution(torch.autograd.Function):
+    """``convolution(x, w, b)`` (not transposed) whose backward is recorded in ops with fast derivatives."""
+
+    @staticmethod
+    def forward(x, w, b, conf):  # type: ignore[override]
+        return _conv(x, w, b, conf)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):  # type: ignore[override]
+        x, w, b, conf = inputs
         ctx.save_for_backward(x, w)
-        ctx.conf = (stride, padding, dilation, groups, b is not None)
+        ctx.conf, ctx.has_bias = conf, b is not None
 
     @staticmethod
     def backward(ctx, g_out):  # type: ignore[override]
         x, w = ctx.saved_tensors
-        stride, padding, dilation, groups, has_bias = ctx.conf
-        g_in = g_w = g_b = None
-        if ctx.needs_input_grad[0]:
-            # output padding that gives the transposed convolution exactly x's spatial size
-            extra = [
-                x.shape[2 + i] - ((g_out.shape[2 + i] - 1) * stride[i] - 2 * padding[i] + dilation[i] * (w.shape[2 + i] - 1) + 1)
-                for i in range(len(stride))
-            ]
-            g_in = torch.ops.aten.convolution(g_out, w, None, stride, padding, dilation, True, extra, groups)
-        if ctx.needs_input_grad[1]:
-            zeros = [0] * len(stride)
-            g_w = torch.ops.aten.convolution_backward(
-                g_out, x, w.detach(), None, stride, padding, dilation, False, zeros, groups, [False, True, False]
-            )[1]
-        if has_bias and ctx.needs_input_grad[2]:
+        g_in = _conv_transposed(g_out, w, x.shape, ctx.conf) if ctx.needs_input_grad[0] else None
+        g_w = _WeightGradient.apply(g_out, x, w.detach(), ctx.conf) if ctx.needs_input_grad[1] else None
+        g_b = None
+        if ctx.has_bias and ctx.needs_input_grad[2]:
             g_b = g_out.sum([0] + list(range(2, g_out.dim())))
-        return g_in, g_w, g_b, None, None, None, None
+        return g_in, g_w, g_b, None
 
 
 def _switchable(module: nn.Module) -> bool:
@@ -86,7 +116,7 @@ def _forward_of(module: nn.Module):
     def conv_forward(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         if torch.is_autocast_enabled(input.device.type) or input.dim() != weight.dim():
             return stock(module, input, weight, bias)  # autocast casts, unbatched inputs: the stock path
-        return _Convolution.apply(input, weight, bias, stride, padding, dilation, module.groups)
+        return _Convolution.apply(input, weight, bias, (stride, padding, dilation, module.groups))
 
     return conv_forward
 

@@ -78,3 +78,39 @@ def model_device_dtype(model: torch.nn.Module) -> tuple[torch.device, torch.dtyp
     for p in model.parameters():
         return p.device, p.dtype if p.is_floating_point() else torch.float32
     return torch.device("cpu"), torch.float32
+
+
+
+def accepts_channels_last(model: torch.nn.Module, x: torch.Tensor) -> bool:
+    """Whether ``model``'s forward runs on two samples of ``x`` in channels_last layout.
+
+    A forward that reshapes activations with ``.view`` (``out.view(out.size(0), -1)`` after
+    convolutions, common in model code) fails on that layout, so the layout is only used where
+    this probe passes. It runs without gradients and in eval mode (the modules' modes put back),
+    so it changes no state; any error means "no" (the real call then shows the real error).
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(x[:2].contiguous(memory_format=torch.channels_last))
+        return True
+    except RuntimeError:
+        return False
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
+
+def cpu_channels_last(model: torch.nn.Module, x: torch.Tensor) -> bool:
+    """Whether to pass the image batch ``x`` to ``model`` in channels_last: on a CPU, oneDNN's 2-D
+    convolutions are faster on it (a Hessian-vector product on resnet4b about 16%, an LFR ascent
+    step about 6%), for a model with ``nn.Conv2d`` layers whose forward accepts it
+    (:func:`accepts_channels_last`). The values are the same up to float rounding. (On CUDA,
+    scoring converts the model itself: :func:`flatplug._resources.prefer_channels_last`.)"""
+    return (
+        x.dim() == 4
+        and x.device.type == "cpu"
+        and any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+        and accepts_channels_last(model, x)
+    )

@@ -13,6 +13,8 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from ._data import accepts_channels_last
+
 PRECISIONS = ("fp32", "tf32", "bf16")
 
 
@@ -89,8 +91,22 @@ def exact_precision() -> Iterator[None]:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
-def prefer_channels_last(model: nn.Module, device: torch.device | str) -> nn.Module:
-    """Convolutional models on CUDA run faster with channels_last memory layout."""
+def prefer_channels_last(model: nn.Module, device: torch.device | str, sample: torch.Tensor) -> nn.Module:
+    """Convolutional models on CUDA run faster with channels_last memory layout.
+
+    The weights are converted (so convolutions return channels_last activations) only when the
+    forward still runs on ``sample`` (a batch on ``device``) that way: a forward that reshapes
+    activations with ``.view`` fails on that layout, and such a model keeps its own layout.
+    """
     if torch.device(device).type == "cuda" and any(isinstance(m, nn.Conv2d) for m in model.modules()):
-        model = model.to(memory_format=torch.channels_last)
+        return channels_last_if_accepted(model, sample)
+    return model
+
+
+def channels_last_if_accepted(model: nn.Module, sample: torch.Tensor) -> nn.Module:
+    """``model`` with channels_last weights if its forward runs on two samples of ``sample`` that
+    way (without gradients, in eval mode, modes put back); else with contiguous weights again."""
+    model = model.to(memory_format=torch.channels_last)
+    if not accepts_channels_last(model, sample):
+        model = model.to(memory_format=torch.contiguous_format)
     return model

@@ -17,8 +17,9 @@ backward is faster on both resnet4b and WideResNet-28-10, so ``"auto"`` uses it;
 forward the ``torch.func`` transforms cannot run (in-place updates of captured tensors, ``.item()``
 on parameters, BatchNorm in train mode) falls back to the double backward with a warning.
 
-On a CPU, image batches of a convolutional model are passed in channels_last memory layout:
-oneDNN's convolutions are faster on it (on resnet4b a product and the gradient graph both take
+On a CPU, image batches of a convolutional model are passed in channels_last memory layout when
+its forward accepts that layout (:func:`flatplug._data.cpu_channels_last`): oneDNN's
+convolutions are faster on it (on resnet4b a product and the gradient graph both take
 about 16% less time); the numbers are the same up to float rounding. The gradient graph that
 the double backward differentiates is recorded with :func:`flatplug._conv_grad.second_order_convs`,
 whose convolutions have fast derivatives (a product on resnet4b takes about 12% less time on a
@@ -39,7 +40,7 @@ import torch
 from torch import nn
 
 from ._conv_grad import second_order_convs
-from ._data import Batches, model_device_dtype
+from ._data import Batches, cpu_channels_last, model_device_dtype
 from ._loss import LossFn, cross_entropy, per_sample_loss, resolve_loss
 from ._params import ParamSpec, select_params
 from ._validation import check_logits
@@ -111,7 +112,7 @@ class HessianOperator:
         self.dtype: torch.dtype = self.params[0].dtype
         self.device: torch.device = self.params[0].device
         self._data_device, self._data_dtype = model_device_dtype(model)
-        self._channels_last = self._data_device.type == "cpu" and any(isinstance(m, nn.Conv2d) for m in model.modules())
+        self._channels_last: bool | None = None  # decided on the first batch (cpu_channels_last)
         self.hvp_count = 0
         self.num_samples: int | None = None
         self._loss: float | None = None
@@ -130,6 +131,8 @@ class HessianOperator:
 
     def _iter(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for x, y in self.batches.to(self._data_device, self._data_dtype):
+            if self._channels_last is None:
+                self._channels_last = cpu_channels_last(self.model, x)
             if self._channels_last and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
             yield x, y

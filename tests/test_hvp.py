@@ -373,8 +373,8 @@ def test_conv_net_products_in_channels_last_match_dense_hessian():
     with preserved(model):
         for hvp in ("double-backward", "forward-over-reverse"):
             op = HessianOperator(model, (x, y), hvp=hvp)
-            assert op._channels_last
             batch = next(op._iter())[0]
+            assert op._channels_last
             assert batch.is_contiguous(memory_format=torch.channels_last)
             assert close(op.matvec(v), dense @ v, float(dense.abs().max() * v.abs().max()) * op.dim)
 

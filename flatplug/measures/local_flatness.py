@@ -43,7 +43,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from .._data import Batches, model_device_dtype
+from .._data import Batches, cpu_channels_last, model_device_dtype
 from .._loss import LossFn, per_sample_loss, resolve_loss
 from .._progress import progress
 from .._state import preserved
@@ -215,10 +215,14 @@ def _checked_ascent(model, x, y, *, eps, norm, q, steps, step_size, random_start
     q = check_settings(eps, norm, q, steps, step_size)
     check_inputs(x, name="x", unit_range=True)
     check_labels(y, x.shape[0], name="y")
+    fast = x.is_contiguous() and cpu_channels_last(model, x)
     with inputs_only(model):
-        return _ascend(model, x, y, eps=float(eps), norm=norm, q=q, steps=steps, step_size=step_size,
-                       random_start=random_start, generator=generator, loss_fn=resolve_loss(loss_fn),
-                       keep_best=keep_best)
+        point, best, at_x = _ascend(model, x.contiguous(memory_format=torch.channels_last) if fast else x, y,
+                                    eps=float(eps), norm=norm, q=q, steps=steps, step_size=step_size,
+                                    random_start=random_start, generator=generator, loss_fn=resolve_loss(loss_fn),
+                                    keep_best=keep_best)
+    # the double backward steps run channels_last on a CPU (faster); the point keeps the caller's layout
+    return (point.contiguous() if fast else point), best, at_x
 
 
 def ascent_point(

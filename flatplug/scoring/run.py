@@ -164,10 +164,10 @@ def run_job(job: Job, sink: Callable[[Row], None], *, done: Callable[[dict], boo
         return
     try:
         loaded = loaded or job.model.load(job.device)
-        model = prefer_channels_last(loaded.module.to(job.device).eval(), job.device)
         x_all, y_all = job.data.load()
         x_all, y_all = x_all.to(job.device), y_all.to(job.device)
         _check_input_shape(loaded, x_all)
+        model = prefer_channels_last(loaded.module.to(job.device).eval(), job.device, x_all)
         batch_size = job.batch_size or suggest_batch_size(model, x_all, job.device)
         load_seconds = time.perf_counter() - start
     except Exception as exc:
