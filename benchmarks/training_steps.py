@@ -14,6 +14,10 @@ over rounds, of wall-clock time and of process CPU time (the steadier figure on 
   ``--breakdown``);
 * SAM vs standard training: goal <= 2.1x. Their steps are short, so each sample averages 3 steps.
 
+flatplug's methods get the batch in the layout flatplug's training loop passes to their steps
+(channels_last on a CPU where the model accepts it: :func:`flatplug.training.train`); the
+official algorithm gets it as its own code does (the contiguous layout).
+
 ``--breakdown`` also times the pieces of a step (forward, input gradient, one inner ascent step
 with and without frozen weights, the outer objective's pass) to show where the time goes.
 
@@ -28,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 import _common as C
+from flatplug._data import cpu_channels_last
 from flatplug.training import LFR, PGDAT, SAM, Standard
 from official_lfr import official_lfr_step
 
@@ -121,13 +126,16 @@ def main(argv=None) -> None:
              parameters=f"{sum(p.numel() for p in model.parameters()):,}",
              settings=f"eps 8/255, {k} inner steps (LFR ascent steps = official ascent steps = PGD steps), "
                       f"lam {LAM}, SAM rho 0.05")
-    groups = [({"LFR": stepper(LFR(eps=eps, steps=k, lam=LAM), model, x, y),
+    # flatplug's methods get the batch as flatplug's training loop passes it to their steps (channels_last
+    # on a CPU where the model accepts it); the official algorithm gets it as its own code does
+    xl = x.contiguous(memory_format=torch.channels_last) if cpu_channels_last(model, x) else x
+    groups = [({"LFR": stepper(LFR(eps=eps, steps=k, lam=LAM), model, xl, y),
                 "official LFR": official_stepper(model, x, y, eps=eps, steps=k, lam=LAM),
-                "PGD-AT": stepper(PGDAT(eps=eps, steps=k), model, x, y)}, 1,
+                "PGD-AT": stepper(PGDAT(eps=eps, steps=k), model, xl, y)}, 1,
                [("LFR", "official LFR"), ("LFR", "PGD-AT")])]
     if not args.skip_sam:
-        groups.append(({"SAM": stepper(SAM(rho=0.05), model, x, y), "standard": stepper(Standard(), model, x, y)}, 3,
-                       [("SAM", "standard")]))
+        groups.append(({"SAM": stepper(SAM(rho=0.05), model, xl, y), "standard": stepper(Standard(), model, xl, y)},
+                       3, [("SAM", "standard")]))
     rows, verdicts = [], []
     for methods, number, pairs in groups:
         cpu: dict[str, list[float]] = {}

@@ -109,7 +109,8 @@ def cpu_channels_last(model: torch.nn.Module, x: torch.Tensor) -> bool:
     (:func:`accepts_channels_last`). The values are the same up to float rounding. (On CUDA,
     scoring converts the model itself: :func:`flatplug._resources.prefer_channels_last`.)"""
     return (
-        x.dim() == 4
+        isinstance(model, torch.nn.Module)  # measures also take plain callables (an attack's get_logits)
+        and x.dim() == 4
         and x.device.type == "cpu"
         and any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
         and accepts_channels_last(model, x)

@@ -57,6 +57,7 @@ def test_the_probe_tells_the_two_apart_and_changes_no_state():
     assert flat.training and flat.bn.training  # modes put back
     assert torch.equal(flat.bn.running_mean, before)  # the probe ran in eval mode: no statistics update
     assert not cpu_channels_last(flat, x.flatten(1)) and not cpu_channels_last(nn.Linear(108, 3).double(), x.flatten(1))
+    assert not cpu_channels_last(flat.forward, x)  # a plain callable (an attack's get_logits): its own layout
 
 
 def test_hessian_eigenvalues_of_a_view_net_match_the_dense_hessian():
@@ -98,3 +99,20 @@ def test_cuda_scoring_layout_falls_back_for_a_view_net():
     assert flat.conv.weight.is_contiguous(memory_format=torch.channels_last) and not flat.conv.weight.is_contiguous()
     assert view.conv.weight.is_contiguous()
     assert torch.allclose(F.softmax(view(x), 1), expected, atol=1e-12)
+
+
+def test_training_loop_takes_the_fast_layout_only_where_accepted_with_the_same_weights():
+    """``train`` passes channels_last batches on a CPU where the forward accepts them: the
+    ``.flatten`` net (fast layout) and the same net written with ``.view`` (its own layout) end
+    with the same weights after an epoch of LFR (double backward, random starts) and of SGD."""
+    import flatplug as fp
+
+    x, y = batch()
+    for method, params in (("standard", {}), ("lfr", {"eps": 0.1, "steps": 3})):
+        weights = []
+        for model in nets():
+            model.train()
+            fp.train(model, [(x[:3], y[:3]), (x[3:], y[3:])], method=method, epochs=1, seed=0, quiet=True,
+                     optimizer=torch.optim.SGD(model.parameters(), lr=0.5), **params)
+            weights.append(torch.cat([p.detach().reshape(-1) for p in model.parameters()]))
+        assert torch.allclose(weights[0], weights[1], rtol=0, atol=1e-10), method

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .. import plugins
-from .._data import Batches, model_device_dtype
+from .._data import Batches, cpu_channels_last, model_device_dtype
 from .._progress import progress
 from .._validation import check_logits
 from .base import TrainingMethod, evaluating
@@ -90,7 +90,9 @@ def train(
     ``seed`` reseeds torch's global generator first; without it, shuffling loaders and random
     starts draw from the global generators as they stand (so a seeded session repeats a run).
     ``training_mode=False`` runs every step with the model in eval mode (ART's ``fit(training_mode=False)``).
-    The model is left in eval mode. ``method_params`` go to the method (``eps``, ``rho``, ``lam``, ...).
+    On a CPU, image batches of a model with 2-D convolutions go to the steps in channels_last
+    layout where the model's forward accepts it (:func:`flatplug._data.cpu_channels_last`; about
+    15% faster LFR steps on resnet4b). The model is left in eval mode. ``method_params`` go to the method (``eps``, ``rho``, ``lam``, ...).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
@@ -109,10 +111,15 @@ def train(
     batches = Batches(loader, name="loader", unit_range=algo.needs_unit_inputs)
     history = History(algo.name, algo.settings())
     checked = False
+    channels_last: bool | None = None  # decided on the first batch
     for epoch in progress(range(epochs), desc=f"train {algo.name}", quiet=quiet or epochs == 1, leave=True):
         algo.begin_epoch(epoch)
         start, total, correct, loss_sum = time.perf_counter(), 0, 0, 0.0
         for x, y in progress(batches.to(dev, dtype), desc=f"epoch {epoch + 1}/{epochs}", quiet=quiet):
+            if channels_last is None:
+                channels_last = cpu_channels_last(model, x)
+            if channels_last:  # faster convolutions on a CPU; the same numbers up to rounding
+                x = x.contiguous(memory_format=torch.channels_last)
             if not checked:
                 with evaluating(model), torch.no_grad():
                     check_logits(model(x[:2]), y[:2])
