@@ -2,7 +2,7 @@
 
 A gradient here is one forward and one backward pass of the mean cross-entropy over the batch
 w.r.t. all parameters (``torch.autograd.grad``). A Hessian-vector product is
-``flatplug.hvp.HessianOperator.matvec`` of the same loss, computed three ways:
+``flatplug.hvp.HessianOperator.matvec`` of the same loss, computed four ways:
 
 * ``hvp="double-backward"``, ``cache_graph=True`` (what ``hvp="auto"`` does on one batch): the
   batch's first-order graph is built once (on the first product, reported on its own line) and
