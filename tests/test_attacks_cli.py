@@ -114,3 +114,14 @@ def test_autoattack_version_is_selectable_and_robustbench_defaults_to_standard()
     assert _attacks(args, "robustbench", {"threat_model": "L2"}) == [  # RobustBench's L2 leaderboard
         {"name": "autoattack", "version": "standard", "eps": 0.5, "norm": "l2"}]
     assert SOURCE_ATTACKS["robustbench"][0]["version"] == "standard"
+
+
+def test_parse_eps_takes_decimal_numerators_and_refuses_the_rest():
+    """``--eps 0.25/255`` failed (``Fraction`` takes only integers around a slash)."""
+    from flatplug.scoring.attack_specs import parse_eps
+
+    assert parse_eps("8/255") == 8 / 255 and parse_eps(" 8 / 255 ") == 8 / 255
+    assert parse_eps("0.25/255") == 0.25 / 255 and parse_eps("1e-3") == 0.001 and parse_eps(0.5) == 0.5
+    for bad in ("8/255/2", "8/0", "eps", "", "/255"):
+        with pytest.raises(ValueError, match="eps: expected a number or a fraction"):
+            parse_eps(bad)

@@ -26,13 +26,17 @@ Attack = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def parse_eps(text: str | float) -> float:
-    """``"8/255"``, ``"0.03"`` or a number, as a float."""
+    """``"8/255"``, ``"0.25/255"``, ``"0.03"`` or a number, as a float (a fraction is evaluated
+    exactly, then rounded once)."""
     if isinstance(text, (int, float)):
         return float(text)
     try:
-        return float(Fraction(text.strip()))
+        parts = [Fraction(part.strip()) for part in text.split("/")]  # Fraction("0.25/255") itself fails
+        if len(parts) > 2:
+            raise ValueError
+        return float(parts[0] / parts[1] if len(parts) == 2 else parts[0])
     except (ValueError, ZeroDivisionError):
-        raise ValueError(f"eps: expected a number or a fraction such as 8/255, got {text!r}") from None
+        raise ValueError(f"eps: expected a number or a fraction such as 8/255 or 0.5/255, got {text!r}") from None
 
 
 def is_core_pgd(name: str) -> bool:
