@@ -83,6 +83,18 @@ def test_hessian_operator_products_match_the_dense_hessian_on_every_layout():
         assert float((hv - dense @ v).abs().max()) <= RTOL * float((dense @ v).abs().max())
 
 
+def test_products_on_a_subset_of_the_parameters_match_the_dense_hessian():
+    """With only some weights selected, the other convolutions have frozen weights (their input
+    gradient alone is recorded) and the selected ones the full gradient node."""
+    model, x, y = conv_net("2d-stride2-odd")
+    names = ["0.2.weight", "0.2.bias", "2.weight"]
+    dense = dense_hessian(model, x, y, names=names)
+    v = torch.randn(dense.shape[0], generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    with preserved(model):
+        hv = HessianOperator(model, (x, y), params=names).matvec(v)
+    assert float((hv - dense @ v).abs().max()) <= RTOL * float((dense @ v).abs().max())
+
+
 def test_the_switch_is_undone_and_leaves_what_it_cannot_handle_alone():
     """Convolutions with reflect padding, string padding or an overridden ``_conv_forward`` are
     not switched (they still compute the same thing); every switch is removed on exit, also
