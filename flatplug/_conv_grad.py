@@ -12,8 +12,9 @@ gradient as a transposed convolution ``convT(gO, W)`` and the weight gradient by
 weight-gradient kernel with its derivatives written out (``conv(x, .)`` for ``gO``,
 ``convT(gO, .)`` for ``x``, each only when needed: stock autograd also computes the latter for
 the first layer, whose input needs no gradient). The derivatives are then convolutions,
-transposed convolutions and ordinary weight gradients, all on the backends' fast kernels. The function computed, the gradient and the Hessian are the same up to float
-rounding (about 1e-7 relative in float32; tested against the stock graph and dense Hessians).
+transposed convolutions and ordinary weight gradients, all on the backends' fast kernels. The
+function computed, the gradient and the Hessian are the same up to float rounding (about 1e-7
+relative in float32; tested against the stock graph and dense Hessians).
 
 Only stock ``nn.Conv1d/2d/3d`` with ``padding_mode="zeros"`` and numeric padding are switched,
 and only outside autocast; the switch is an instance attribute (``_conv_forward``) removed on

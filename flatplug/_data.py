@@ -80,6 +80,10 @@ def model_device_dtype(model: torch.nn.Module) -> tuple[torch.device, torch.dtyp
     return torch.device("cpu"), torch.float32
 
 
+def has_conv2d(model: torch.nn.Module) -> bool:
+    """Whether ``model`` has ``nn.Conv2d`` layers (the ones a channels_last layout speeds up)."""
+    return any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+
 
 def accepts_channels_last(model: torch.nn.Module, x: torch.Tensor) -> bool:
     """Whether ``model``'s forward runs on two samples of ``x`` in channels_last layout.
@@ -112,6 +116,6 @@ def cpu_channels_last(model: torch.nn.Module, x: torch.Tensor) -> bool:
         isinstance(model, torch.nn.Module)  # measures also take plain callables (an attack's get_logits)
         and x.dim() == 4
         and x.device.type == "cpu"
-        and any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+        and has_conv2d(model)
         and accepts_channels_last(model, x)
     )

@@ -13,7 +13,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from ._data import accepts_channels_last
+from ._data import accepts_channels_last, has_conv2d
 
 PRECISIONS = ("fp32", "tf32", "bf16")
 
@@ -98,7 +98,7 @@ def prefer_channels_last(model: nn.Module, device: torch.device | str, sample: t
     forward still runs on ``sample`` (a batch on ``device``) that way: a forward that reshapes
     activations with ``.view`` fails on that layout, and such a model keeps its own layout.
     """
-    if torch.device(device).type == "cuda" and any(isinstance(m, nn.Conv2d) for m in model.modules()):
+    if torch.device(device).type == "cuda" and has_conv2d(model):
         return channels_last_if_accepted(model, sample)
     return model
 

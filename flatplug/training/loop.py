@@ -92,7 +92,8 @@ def train(
     ``training_mode=False`` runs every step with the model in eval mode (ART's ``fit(training_mode=False)``).
     On a CPU, image batches of a model with 2-D convolutions go to the steps in channels_last
     layout where the model's forward accepts it (:func:`flatplug._data.cpu_channels_last`; about
-    15% faster LFR steps on resnet4b). The model is left in eval mode. ``method_params`` go to the method (``eps``, ``rho``, ``lam``, ...).
+    15% faster LFR steps on resnet4b). The model is left in eval mode. ``method_params`` go to the
+    method (``eps``, ``rho``, ``lam``, ...).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
