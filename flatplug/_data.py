@@ -108,8 +108,8 @@ def accepts_channels_last(model: torch.nn.Module, x: torch.Tensor) -> bool:
 
 def cpu_channels_last(model: torch.nn.Module, x: torch.Tensor) -> bool:
     """Whether to pass the image batch ``x`` to ``model`` in channels_last: on a CPU, oneDNN's 2-D
-    convolutions are faster on it (a Hessian-vector product on resnet4b about 16%, an LFR ascent
-    step about 6%), for a model with ``nn.Conv2d`` layers whose forward accepts it
+    convolutions are faster on it (``benchmarks/hvp_cost.py``, ``benchmarks/training_steps.py``),
+    for a model with ``nn.Conv2d`` layers whose forward accepts it
     (:func:`accepts_channels_last`). The values are the same up to float rounding. (On CUDA,
     scoring converts the model itself: :func:`flatplug._resources.prefer_channels_last`.)"""
     return (

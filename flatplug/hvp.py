@@ -24,8 +24,8 @@ its forward accepts that layout (:func:`flatplug._data.cpu_channels_last`): oneD
 convolutions are faster on it (on resnet4b a product and the gradient graph both take
 about 16% less time); the numbers are the same up to float rounding. The gradient graph that
 the double backward differentiates is recorded with :func:`flatplug._conv_grad.second_order_convs`,
-whose convolutions have fast derivatives (a product on resnet4b takes 12% to 16% less time on a
-CPU in per-round A/B runs, 6% to 20% in the contiguous layout).
+whose convolutions have fast derivatives (on a CPU a product takes 0.87x the stock graph's time
+on resnet4b and 0.78x on oval_wide: ``benchmarks/hvp_cost.py``, its "stock autograd graph" row).
 
 Callers wrap the operator's whole life in :func:`flatplug._state.preserved`: the operator turns
 ``requires_grad`` on for the selected parameters and off for the others, and ``preserved`` puts
