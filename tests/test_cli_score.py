@@ -140,6 +140,33 @@ def test_ctrl_c_says_what_was_saved_and_exits_130(paths, tmp_path):
     assert "Traceback" not in err
 
 
+@pytest.mark.parametrize("command", ["score", "plugins"])
+def test_ctrl_c_inside_exec_built_code_still_exits_130_under_python_m(command, tmp_path):
+    """Guards against a caught Ctrl-C ending ``python -m flatplug`` by SIGINT (-2), not 130 (a CI failure).
+
+    CPython remembers a KeyboardInterrupt that escaped ``exec`` of a string (dataclasses and
+    namedtuple build code that way) and kills a ``-m`` run with SIGINT at exit unless told to forget.
+    """
+    package = tmp_path / "interrupted_run"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "__main__.py").write_text(
+        "import sys\n"
+        "import flatplug.cli.commands, flatplug.cli.score, flatplug.scoring\n"
+        "def ctrl_c(*args, **kwargs):\n"
+        "    exec('raise KeyboardInterrupt')  # the Ctrl-C lands inside code that exec() runs\n"
+        "flatplug.cli.commands._cmd_plugins = ctrl_c\n"
+        "flatplug.cli.score.preflight = lambda args: type('Plan', (), dict(untrained=[], models=[], store='s.db', "
+        "source='demo', options={}, dataset='digits', measures=[], attacks=[]))()\n"
+        "flatplug.scoring.score = ctrl_c\n"
+        "from flatplug.cli import main\n"
+        f"sys.exit(main([{command!r}]))\n")
+    proc = subprocess.run([sys.executable, "-m", "interrupted_run"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert proc.returncode == 130, proc.stderr
+    assert "interrupted" in proc.stderr and "Traceback" not in proc.stderr
+
+
 def test_report_and_export_errors_and_help(tmp_path, capsys):
     """Guards against `report --out FILE` overwriting or crashing, a missing store giving a traceback, and
     options without help (issue 11 section 4)."""

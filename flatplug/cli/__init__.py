@@ -81,6 +81,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, TypeError, LookupError, OSError, StoreError, RuntimeError) as exc:
         print(f"flatplug {args.command}: error: {cli_words(str(exc).strip() or type(exc).__name__)}", file=sys.stderr)
         return EXIT_USAGE
+    finally:
+        _forget_caught_interrupt()
+
+
+def _forget_caught_interrupt() -> None:
+    """Keep the exit code of a Ctrl-C that was caught and reported (130), under ``python -m`` too.
+
+    CPython (3.11, 3.12) remembers a KeyboardInterrupt that escaped code run by ``exec``/``eval``
+    of a string (dataclasses, namedtuple and torch build functions that way) even after it was
+    caught, and under ``python -m flatplug`` then ends the process with SIGINT at exit, losing the
+    exit code. Each exec of a string resets that flag on entry, so a successful empty one clears it.
+    """
+    exec("")
 
 
 if __name__ == "__main__":  # pragma: no cover
