@@ -63,8 +63,9 @@ def check_logits(logits: object, y: torch.Tensor) -> torch.Tensor:
 
 def check_positive(value: float, name: str, *, allow_zero: bool = False) -> None:
     """A non-negative (or strictly positive) finite number."""
-    ok = value >= 0 if allow_zero else value > 0
-    if not (isinstance(value, (int, float)) and ok and value == value and value != float("inf")):
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = number and (value >= 0 if allow_zero else value > 0)
+    if not (ok and value == value and value != float("inf")):
         need = "a non-negative" if allow_zero else "a positive"
         raise ValueError(f"{name}: expected {need} finite number, got {value!r}")
 

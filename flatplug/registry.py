@@ -63,6 +63,9 @@ class MeasureInfo(PluginInfo):
     * ``from_forward`` and ``forward_params``: ``from_forward(forward: ForwardPass, **params) ->
       Measurement`` computes the measure from scoring's shared forward pass (no second pass over
       the data) when every given parameter is in ``forward_params`` and ``forward.features`` exists;
+    * ``check``: ``check(**settings)`` raises ``ValueError``/``TypeError`` for a bad setting without
+      touching a model or data; scoring calls it with the settings it names (the measure's defaults
+      filled in) before the first model is loaded, so a bad value is refused before any work;
     * ``paper``: the reference (a citation or link) shown by ``flatplug plugins``.
     """
 
@@ -71,6 +74,7 @@ class MeasureInfo(PluginInfo):
     follows_attack: tuple[str, ...] = ()
     from_forward: Callable[..., Any] | None = None
     forward_params: frozenset[str] = frozenset()
+    check: Callable[..., None] | None = None
 
 
 @dataclass(frozen=True)

@@ -181,6 +181,10 @@ def test_example_plugin_measures_get_what_builtins_get(tmp_path):
     assert (chosen["local_flatness"]["eps"], chosen["local_flatness"]["norm"]) == (4 / 255, "linf")  # a built-in
     x, y = load_imagefolder(cifar, n=12)
     spec = ModelSpec.of("zoo", "oval_base", manifest=str(zoo))
+    with pytest.raises(ValueError, match="measure 'first_order_gain': norm: expected one of 'linf', 'l2', got 'l3'"):
+        fp.score([spec], ("cifar", x, y), measures={"first_order_gain": {"norm": "l3"}}, attack=attack,
+                 store=tmp_path / "refused.db", device="cpu", quiet=True)  # the plugin's check, before any work
+    assert not (tmp_path / "refused.db").exists()
     frame = fp.score([spec], ("cifar", x, y), measures=["weight_norm_sq", "first_order_gain"], attack=attack,
                      store=tmp_path / "s.db", device="cpu", quiet=True).set_index("name")
     assert (frame["status"] == "ok").all(), frame["error"].tolist()

@@ -30,14 +30,19 @@ def weight_norm_sq(model, data, *, which="all"):
                                 seconds=time.perf_counter() - start)
 
 
+def check_first_order_gain(*, eps, norm):
+    """The settings alone, so that scoring refuses a bad one before any model is loaded."""
+    check_positive(eps, "eps", allow_zero=True)
+    check_choice(norm, "norm", ("linf", "l2"))
+
+
 def first_order_gain(model, data, *, eps, norm="linf"):
     """Mean first-order prediction of the loss increase over the eps-ball: ``eps * ||grad_x L||_*``.
 
     ``||.||_*`` is the dual norm of the ball (L1 for ``linf``, L2 for ``l2``); the loss is the
     per-sample cross-entropy, the model in eval mode.
     """
-    check_positive(eps, "eps", allow_zero=True)
-    check_choice(norm, "norm", ("linf", "l2"))
+    check_first_order_gain(eps=eps, norm=norm)
     start = time.perf_counter()
     device, dtype = model_device_dtype(model)
     gains = []
@@ -58,4 +63,5 @@ def flatplug_register_measures(register):
     register("weight_norm_sq", weight_norm_sq, version="2", zoo_defaults={"which": "weights"},
              paper="a scale-dependent baseline (Neyshabur et al. 2017, 'Exploring generalization in deep learning')")
     register("first_order_gain", first_order_gain, version="1", follows_attack=("eps", "norm"),
+             check=check_first_order_gain,
              paper="the first-order term of the LFR bound (Xu et al. 2020)")

@@ -55,6 +55,26 @@ def _median(t: torch.Tensor) -> float | None:
     return float(t.median()) if t.numel() else None
 
 
+def check_params(*, eps: float, norm: str, steps: int, step_size: float | None, seed: int | None,
+                 attack: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None, confident: float,
+                 loss_fn: LossFn | None) -> None:
+    """Refuse bad settings before any model or data is touched (scoring calls this before any work)."""
+    check_positive(eps, "eps", allow_zero=True)
+    check_choice(norm, "norm", NORMS)
+    if isinstance(confident, bool) or not isinstance(confident, (int, float)) or not 0.0 < confident < 1.0:
+        raise ValueError(f"confident: expected a probability in (0, 1), got {confident!r}")
+    if attack is not None and not callable(attack):
+        raise TypeError(f"attack: expected a callable attack(x, y) -> x_adv, got {type(attack).__name__}")
+    if attack is None:  # the settings of the core PGD
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"steps: expected a positive integer number of PGD steps, got {steps!r}")
+        if step_size is not None:
+            check_positive(step_size, "step_size")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise TypeError(f"seed: expected an integer (or None), got {type(seed).__name__}")
+    resolve_loss(loss_fn)
+
+
 def feature_displacement(
     model: nn.Module,
     data,
@@ -81,12 +101,8 @@ def feature_displacement(
     prediction counts as confidently wrong. ``data``: images in [0, 1].
     """
     start = time.perf_counter()
-    check_positive(eps, "eps", allow_zero=True)
-    check_choice(norm, "norm", NORMS)
-    if not 0.0 < confident < 1.0:
-        raise ValueError(f"confident: expected a probability in (0, 1), got {confident!r}")
-    if attack is not None and not callable(attack):
-        raise TypeError(f"attack: expected a callable attack(x, y) -> x_adv, got {type(attack).__name__}")
+    check_params(eps=eps, norm=norm, steps=steps, step_size=step_size, seed=seed, attack=attack, confident=confident,
+                 loss_fn=loss_fn)
     loss_fn = resolve_loss(loss_fn)
     name, linear = find_layer(model, layer)
     device, dtype = model_device_dtype(model)
@@ -174,4 +190,5 @@ INFO = MeasureInfo(
     paper="Walter et al. 2025, When Flatness Does (Not) Guarantee Adversarial Robustness, "
           "https://arxiv.org/abs/2510.14231",
     follows_attack=("eps", "norm"),
+    check=check_params,
 )

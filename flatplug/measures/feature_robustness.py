@@ -107,6 +107,21 @@ def _worst(phi, z, y, weight, delta, loss_fn, base, start, candidates, steps):
     return best
 
 
+def check_params(*, delta: float, samples: int, steps: int, grid: Sequence[float] | None, seed: int,
+                 loss_fn: LossFn | None) -> None:
+    """Refuse bad settings before any model or data is touched (scoring calls this before any work)."""
+    check_positive(delta, "delta")
+    for value, name in ((samples, "samples"), (steps, "steps")):
+        if isinstance(value, bool) or not isinstance(value, int) or value < (1 if name == "samples" else 0):
+            raise ValueError(f"{name}: expected a {'positive' if name == 'samples' else 'non-negative'} integer, "
+                             f"got {value!r}")
+    if not isinstance(seed, int):
+        raise TypeError(f"seed: expected an integer, got {type(seed).__name__}")
+    for d in grid or ():
+        check_positive(d, "grid")
+    resolve_loss(loss_fn)
+
+
 def from_features(
     phi: torch.Tensor,
     y: torch.Tensor,
@@ -122,16 +137,8 @@ def from_features(
 ) -> Measurement:
     """The measure from captured features ``phi [N, m]``, labels and the last layer (shared with scoring)."""
     start_time = time.perf_counter()
-    check_positive(delta, "delta")
-    for value, name in ((samples, "samples"), (steps, "steps")):
-        if isinstance(value, bool) or not isinstance(value, int) or value < (1 if name == "samples" else 0):
-            raise ValueError(f"{name}: expected a {'positive' if name == 'samples' else 'non-negative'} integer, "
-                             f"got {value!r}")
-    if not isinstance(seed, int):
-        raise TypeError(f"seed: expected an integer, got {type(seed).__name__}")
+    check_params(delta=delta, samples=samples, steps=steps, grid=grid, seed=seed, loss_fn=loss_fn)
     deltas = sorted({float(delta) * 2.0 ** -k for k in range(7)} if grid is None else {float(d) for d in grid})
-    for d in deltas:
-        check_positive(d, "grid")
     if float(delta) not in deltas:
         deltas = sorted(deltas + [float(delta)])
     loss_fn = resolve_loss(loss_fn)
@@ -224,8 +231,7 @@ def feature_robustness(
     ``grid``: the deltas of ``details["curve"]``. ``value``: the random-``A`` mean; ``details``: the
     worst case, the flatness prediction ``delta^2 kappa_Tr / (2 m)`` and the curve.
     """
-    resolve_loss(loss_fn)
-    check_positive(delta, "delta")
+    check_params(delta=delta, samples=samples, steps=steps, grid=grid, seed=seed, loss_fn=loss_fn)
     start = time.perf_counter()
     name, linear = find_layer(model, layer)
     with preserved(model):
@@ -248,4 +254,5 @@ INFO = MeasureInfo(
     zoo_defaults={"delta": 0.1},
     from_forward=from_forward,
     forward_params=frozenset({"delta", "samples", "steps", "grid", "seed", "loss_fn"}),
+    check=check_params,
 )

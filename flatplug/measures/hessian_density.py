@@ -41,6 +41,19 @@ MARGIN_SIGMAS = 5.0
 SIGMA_FRACTION = 0.01
 
 
+def check_params(*, iterations: int, runs: int, grid_points: int, seed: int, hvp: str, sigma: float | None) -> None:
+    """Refuse bad settings before any model or data is touched (scoring calls this before any work)."""
+    check_int(iterations, "iterations", lo=1)
+    check_int(runs, "runs", lo=1)
+    check_int(grid_points, "grid_points", lo=2)
+    check_int(seed, "seed", lo=None)
+    check_choice(hvp, "hvp", HVP_MODES)
+    if sigma is not None and not (
+        isinstance(sigma, (int, float)) and not isinstance(sigma, bool) and 0 < sigma < float("inf")
+    ):
+        raise ValueError(f"sigma: expected a positive kernel width (or None for 1% of the spectral range), got {sigma!r}")
+
+
 def hessian_density(
     model: nn.Module,
     data: object,
@@ -67,15 +80,7 @@ def hessian_density(
     the same numbers up to rounding).
     """
     start = time.perf_counter()
-    check_int(iterations, "iterations", lo=1)
-    check_int(runs, "runs", lo=1)
-    check_int(grid_points, "grid_points", lo=2)
-    check_int(seed, "seed", lo=None)
-    check_choice(hvp, "hvp", HVP_MODES)
-    if sigma is not None and not (
-        isinstance(sigma, (int, float)) and not isinstance(sigma, bool) and 0 < sigma < float("inf")
-    ):
-        raise ValueError(f"sigma: expected a positive kernel width (or None for 1% of the spectral range), got {sigma!r}")
+    check_params(iterations=iterations, runs=runs, grid_points=grid_points, seed=seed, hvp=hvp, sigma=sigma)
     gen = torch.Generator().manual_seed(seed)
 
     all_nodes: list[torch.Tensor] = []
@@ -169,4 +174,5 @@ def hessian_density(
 INFO = MeasureInfo(
     version="1",
     paper="Ghorbani, Krishnan & Xiao 2019, https://arxiv.org/abs/1901.10159",
+    check=check_params,
 )

@@ -38,6 +38,20 @@ from ..types import Measurement
 WHICH = ("largest", "smallest", "magnitude")
 
 
+def check_params(*, k: int, max_iter: int, seed: int, tol: float, which: str, stopping: str, hvp: str) -> None:
+    """Refuse bad settings before any model or data is touched (scoring calls this before any work)."""
+    check_int(k, "k", lo=1)
+    check_int(max_iter, "max_iter", lo=1)
+    check_int(seed, "seed", lo=None)
+    if not (isinstance(tol, (int, float)) and not isinstance(tol, bool) and 0 < tol < float("inf")):
+        raise ValueError(f"tol: expected a positive relative tolerance (e.g. 1e-3), got {tol!r}")
+    check_choice(which, "which", WHICH)
+    check_choice(stopping, "stopping", STOPPING)
+    check_choice(hvp, "hvp", HVP_MODES)
+    if max_iter < k:
+        raise ValueError(f"max_iter: must be at least k={k} (one Hessian-vector product per Lanczos step), got {max_iter}")
+
+
 def hessian_eigenvalues(
     model: nn.Module,
     data: object,
@@ -78,17 +92,7 @@ def hessian_eigenvalues(
     (``[k, dim]``) and ``artifacts["eigenvectors_by_param"]`` (one ``{name: tensor}`` per vector).
     """
     start = time.perf_counter()
-    check_int(k, "k", lo=1)
-    check_int(max_iter, "max_iter", lo=1)
-    check_int(seed, "seed", lo=None)
-    if not (isinstance(tol, (int, float)) and not isinstance(tol, bool) and 0 < tol < float("inf")):
-        raise ValueError(f"tol: expected a positive relative tolerance (e.g. 1e-3), got {tol!r}")
-    check_choice(which, "which", WHICH)
-    check_choice(stopping, "stopping", STOPPING)
-    check_choice(hvp, "hvp", HVP_MODES)
-    if max_iter < k:
-        raise ValueError(f"max_iter: must be at least k={k} (one Hessian-vector product per Lanczos step), got {max_iter}")
-
+    check_params(k=k, max_iter=max_iter, seed=seed, tol=tol, which=which, stopping=stopping, hvp=hvp)
     with preserved(model):
         op = HessianOperator(model, data, params=params, loss_fn=loss_fn, hvp=hvp)
         if k > op.dim:
@@ -161,4 +165,5 @@ INFO = MeasureInfo(
           "https://arxiv.org/abs/1609.04836; Lanczos 1950; Parlett 1998 (residual-gap bound)",
     default=True,
     zoo_defaults={"k": 1, "max_iter": 50},
+    check=check_params,
 )

@@ -45,6 +45,19 @@ def _std_error(samples: list[float]) -> float:
     return math.sqrt(var / n)
 
 
+def check_params(*, probes: int, min_probes: int, seed: int, hvp: str, tol: float, method: str) -> None:
+    """Refuse bad settings before any model or data is touched (scoring calls this before any work)."""
+    check_int(probes, "probes", lo=1)
+    check_int(min_probes, "min_probes", lo=2)
+    check_int(seed, "seed", lo=None)
+    check_choice(hvp, "hvp", HVP_MODES)
+    if not (isinstance(tol, (int, float)) and not isinstance(tol, bool) and 0 <= tol < float("inf")):
+        raise ValueError(f"tol: expected a non-negative relative standard error (0 uses all probes), got {tol!r}")
+    check_choice(method, "method", METHODS)
+    if method == "hutch++" and probes < 3:
+        raise ValueError(f"probes: hutch++ splits the budget in thirds and needs probes >= 3, got {probes}")
+
+
 def hessian_trace(
     model: nn.Module,
     data: object,
@@ -70,15 +83,7 @@ def hessian_trace(
     (:class:`flatplug.hvp.HessianOperator`; the same numbers up to rounding).
     """
     start = time.perf_counter()
-    check_int(probes, "probes", lo=1)
-    check_int(min_probes, "min_probes", lo=2)
-    check_int(seed, "seed", lo=None)
-    check_choice(hvp, "hvp", HVP_MODES)
-    if not (isinstance(tol, (int, float)) and not isinstance(tol, bool) and 0 <= tol < float("inf")):
-        raise ValueError(f"tol: expected a non-negative relative standard error (0 uses all probes), got {tol!r}")
-    check_choice(method, "method", METHODS)
-    if method == "hutch++" and probes < 3:
-        raise ValueError(f"probes: hutch++ splits the budget in thirds and needs probes >= 3, got {probes}")
+    check_params(probes=probes, min_probes=min_probes, seed=seed, hvp=hvp, tol=tol, method=method)
     min_used = min(min_probes, probes)
     gen = torch.Generator().manual_seed(seed)
 
@@ -168,4 +173,5 @@ INFO = MeasureInfo(
     paper="Hutchinson 1989; Meyer et al. 2021 (Hutch++), https://arxiv.org/abs/2010.09649",
     default=True,
     zoo_defaults={"probes": 30, "tol": 0.02},
+    check=check_params,
 )

@@ -281,6 +281,15 @@ def max_gradient_norm_point(
     return x_best, best
 
 
+def check_params(*, eps: float, norm: str, q: float | str | None, steps: int, step_size: float | None, seed: int,
+                 loss_fn: LossFn | None) -> None:
+    """Refuse bad settings before any model or data is touched (scoring calls this before any work)."""
+    check_settings(eps, norm, q, steps, step_size)
+    if not isinstance(seed, int):
+        raise TypeError(f"seed: expected an integer, got {type(seed).__name__}")
+    resolve_loss(loss_fn)
+
+
 def local_flatness(
     model: nn.Module,
     data: Batch,
@@ -305,9 +314,8 @@ def local_flatness(
     resolved) and ``grad_norm_at_x``, the mean gradient norm at the clean inputs.
     """
     start = time.perf_counter()
-    qf = check_settings(eps, norm, q, steps, step_size)
-    if not isinstance(seed, int):
-        raise TypeError(f"seed: expected an integer, got {type(seed).__name__}")
+    check_params(eps=eps, norm=norm, q=q, steps=steps, step_size=step_size, seed=seed, loss_fn=loss_fn)
+    qf = resolve_q(q, norm)
     loss_fn = resolve_loss(loss_fn)
     batches = Batches(data, unit_range=True)
     device, dtype = model_device_dtype(model)
@@ -347,4 +355,5 @@ INFO = MeasureInfo(
     default=True,
     zoo_defaults={"steps": STEPS},
     follows_attack=("eps", "norm"),
+    check=check_params,
 )

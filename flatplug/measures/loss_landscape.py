@@ -77,6 +77,31 @@ def normalize_direction(
     return direction
 
 
+def check_params(*, directions: int, steps: int, span: float, normalization: str, space: str, direction: str,
+                 seed: int, adversarial: Mapping[str, Any] | None, loss_fn: LossFn | None) -> None:
+    """Refuse bad settings before any model or data is touched (scoring calls this before any work)."""
+    if isinstance(directions, bool) or directions not in (1, 2):
+        raise ValueError(f"directions: expected 1 (a curve) or 2 (a surface), got {directions!r}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 3 or steps % 2 == 0:
+        raise ValueError(
+            f"steps: expected an odd integer >= 3 so that the grid has the unperturbed model at its centre, "
+            f"got {steps!r}"
+        )
+    check_positive(span, "span")
+    check_choice(normalization, "normalization", NORMALIZATIONS)
+    check_choice(space, "space", SPACES)
+    check_choice(direction, "direction", DIRECTIONS)
+    if space == "weights" and direction != "random":
+        raise ValueError(
+            f"direction: {direction!r} applies to space='inputs'; weight-space landscapes use random directions"
+        )
+    if not isinstance(seed, int):
+        raise TypeError(f"seed: expected an integer, got {type(seed).__name__}")
+    if adversarial is not None and space != "weights":
+        raise ValueError("adversarial: robust-loss landscapes are defined in weight space; use space='weights'")
+    adversarial_attack(adversarial, resolve_loss(loss_fn))
+
+
 def loss_landscape(
     model: nn.Module,
     data: Batch,
@@ -107,25 +132,8 @@ def loss_landscape(
     ``artifacts["directions"]`` holds the directions used (``{name: tensor}`` per direction).
     """
     start = time.perf_counter()
-    if isinstance(directions, bool) or directions not in (1, 2):
-        raise ValueError(f"directions: expected 1 (a curve) or 2 (a surface), got {directions!r}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 3 or steps % 2 == 0:
-        raise ValueError(
-            f"steps: expected an odd integer >= 3 so that the grid has the unperturbed model at its centre, "
-            f"got {steps!r}"
-        )
-    check_positive(span, "span")
-    check_choice(normalization, "normalization", NORMALIZATIONS)
-    check_choice(space, "space", SPACES)
-    check_choice(direction, "direction", DIRECTIONS)
-    if space == "weights" and direction != "random":
-        raise ValueError(
-            f"direction: {direction!r} applies to space='inputs'; weight-space landscapes use random directions"
-        )
-    if not isinstance(seed, int):
-        raise TypeError(f"seed: expected an integer, got {type(seed).__name__}")
-    if adversarial is not None and space != "weights":
-        raise ValueError("adversarial: robust-loss landscapes are defined in weight space; use space='weights'")
+    check_params(directions=directions, steps=steps, span=span, normalization=normalization, space=space,
+                 direction=direction, seed=seed, adversarial=adversarial, loss_fn=loss_fn)
     loss_fn = resolve_loss(loss_fn)
     attack, adv_settings = adversarial_attack(adversarial, loss_fn)
     generator = torch.Generator().manual_seed(seed)
@@ -232,4 +240,5 @@ INFO = MeasureInfo(
     version="1",
     paper="Li et al. 2018, Visualizing the Loss Landscape of Neural Nets, https://arxiv.org/abs/1712.09913",
     zoo_defaults={"steps": 21, "span": 1.0},
+    check=check_params,
 )

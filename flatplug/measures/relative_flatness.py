@@ -187,6 +187,12 @@ def from_features(
     )
 
 
+def check_params(*, variant: str, loss_fn: LossFn | None) -> None:
+    """Refuse bad settings before any model or data is touched (scoring calls this before any work)."""
+    check_choice(variant, "variant", VARIANTS)
+    resolve_loss(loss_fn)
+
+
 def relative_flatness(
     model: nn.Module,
     data,
@@ -209,8 +215,7 @@ def relative_flatness(
     becomes invariant to per-feature rescaling. ``per_sample``: each sample's kappa (None with
     ``exact=True``); ``details["method"]`` says how it was computed.
     """
-    check_choice(variant, "variant", VARIANTS)
-    resolve_loss(loss_fn)  # a bad loss_fn fails before the forward pass
+    check_params(variant=variant, loss_fn=loss_fn)  # before the forward pass
     start = time.perf_counter()
     name, linear = find_layer(model, layer)
     with preserved(model):
@@ -234,4 +239,5 @@ INFO = MeasureInfo(
     default=True,
     from_forward=from_forward,
     forward_params=frozenset({"variant", "normalize_features", "loss_fn"}),
+    check=check_params,
 )

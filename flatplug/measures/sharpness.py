@@ -77,6 +77,26 @@ def _check_count(value: int, name: str) -> None:
         raise ValueError(f"{name}: expected a positive integer, got {value!r}")
 
 
+def check_params(*, rho: float, kind: str, norm: str, steps: int, samples: int, step_size: float | None, seed: int,
+                 m: int | None, adversarial: Mapping[str, Any] | None, loss_fn: LossFn | None) -> None:
+    """Refuse bad settings before any model or data is touched (scoring calls this before any work)."""
+    check_positive(rho, "rho")
+    check_choice(kind, "kind", KINDS)
+    check_choice(norm, "norm", NORMS)
+    _check_count(steps, "steps")
+    _check_count(samples, "samples")
+    if step_size is not None:
+        check_positive(step_size, "step_size")
+    if not isinstance(seed, int):
+        raise TypeError(f"seed: expected an integer, got {type(seed).__name__}")
+    if m is not None:
+        _check_count(m, "m")
+        if kind != "worst":
+            raise ValueError("m: m-sharpness applies to kind='worst'; the average case is the same for every m "
+                             "(an expectation is linear), so leave m=None for kind='average'")
+    adversarial_attack(adversarial, resolve_loss(loss_fn))
+
+
 def sharpness(
     model: nn.Module,
     data: Batch,
@@ -110,20 +130,8 @@ def sharpness(
     ``batch_sharpness`` per batch with ``m``).
     """
     start = time.perf_counter()
-    check_positive(rho, "rho")
-    check_choice(kind, "kind", KINDS)
-    check_choice(norm, "norm", NORMS)
-    _check_count(steps, "steps")
-    _check_count(samples, "samples")
-    if step_size is not None:
-        check_positive(step_size, "step_size")
-    if not isinstance(seed, int):
-        raise TypeError(f"seed: expected an integer, got {type(seed).__name__}")
-    if m is not None:
-        _check_count(m, "m")
-        if kind != "worst":
-            raise ValueError("m: m-sharpness applies to kind='worst'; the average case is the same for every m "
-                             "(an expectation is linear), so leave m=None for kind='average'")
+    check_params(rho=rho, kind=kind, norm=norm, steps=steps, samples=samples, step_size=step_size, seed=seed, m=m,
+                 adversarial=adversarial, loss_fn=loss_fn)
     loss_fn = resolve_loss(loss_fn)
     attack, adv_settings = adversarial_attack(adversarial, loss_fn)
     batches = Batches(data)
@@ -260,4 +268,5 @@ INFO = MeasureInfo(
     paper="Andriushchenko et al. 2023, A Modern Look at the Relationship between Sharpness and Generalization, "
           "https://arxiv.org/abs/2302.07011",
     zoo_defaults={"rho": 0.05, "kind": "average", "samples": 20},
+    check=check_params,
 )

@@ -59,19 +59,54 @@ def measure_parameters(name: str) -> tuple[str, ...] | None:
 
 
 def check_measures(chosen: dict[str, dict[str, Any]]) -> None:
-    """Refuse, before any work, a measure parameter the measure does not take (naming what it takes)."""
+    """Refuse, before any work, a parameter a measure does not take (naming what it takes) and a bad value.
+
+    Values are checked by the ``check`` the measure declares in its ``MeasureInfo``, called with the
+    settings it names: the given ones, the rest the measure's own defaults. A measure that declares
+    none is checked only when it runs.
+    """
     for name, params in chosen.items():
         accepted = measure_parameters(name)
-        if accepted is None:
-            continue
-        unknown = sorted(set(params) - set(accepted))
-        if unknown:
-            import difflib
+        if accepted is not None:
+            unknown = sorted(set(params) - set(accepted))
+            if unknown:
+                import difflib
 
-            close = [c for u in unknown for c in difflib.get_close_matches(u, accepted, n=1)]
-            hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-            raise ValueError(f"measure {name!r} takes no parameter {', '.join(map(repr, unknown))}.{hint} "
-                             f"It accepts: {', '.join(accepted) or '(none)'}")
+                close = [c for u in unknown for c in difflib.get_close_matches(u, accepted, n=1)]
+                hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+                raise ValueError(f"measure {name!r} takes no parameter {', '.join(map(repr, unknown))}.{hint} "
+                                 f"It accepts: {', '.join(accepted) or '(none)'}")
+        check = getattr(plugins.info("measures", name), "check", None)
+        if check is not None:
+            try:
+                check(**_settings_for(check, name, params))
+            except (ValueError, TypeError) as exc:
+                raise type(exc)(f"measure {name!r}: {exc}") from exc
+
+
+def _settings_for(check: Any, name: str, params: dict[str, Any]) -> dict[str, Any]:
+    """The settings ``check`` names: from ``params``, else the measure's default for them."""
+    import inspect
+
+    defaults = {}
+    try:
+        for p in inspect.signature(plugins.get("measures", name)).parameters.values():
+            if p.default is not p.empty:
+                defaults[p.name] = p.default
+    except (TypeError, ValueError):
+        pass
+    wanted = inspect.signature(check).parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in wanted):
+        return {**defaults, **params}
+    settings = {}
+    for p in wanted:
+        if p.name in params:
+            settings[p.name] = params[p.name]
+        elif p.name in defaults:
+            settings[p.name] = defaults[p.name]
+        elif p.default is p.empty and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD):
+            raise ValueError(f"{p.name}: the measure has no default for it; pass a value")
+    return settings
 
 
 def takes_quiet(name: str) -> bool:
