@@ -61,7 +61,11 @@ def check_params(*, eps: float, norm: str, steps: int, step_size: float | None, 
     """Refuse bad settings before any model or data is touched (scoring calls this before any work)."""
     check_positive(eps, "eps", allow_zero=True)
     check_choice(norm, "norm", NORMS)
-    if isinstance(confident, bool) or not isinstance(confident, (int, float)) or not 0.0 < confident < 1.0:
+    try:
+        inside = not isinstance(confident, bool) and 0.0 < float(confident) < 1.0
+    except (TypeError, ValueError):
+        inside = False
+    if not inside:
         raise ValueError(f"confident: expected a probability in (0, 1), got {confident!r}")
     if attack is not None and not callable(attack):
         raise TypeError(f"attack: expected a callable attack(x, y) -> x_adv, got {type(attack).__name__}")

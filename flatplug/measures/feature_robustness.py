@@ -117,7 +117,11 @@ def check_params(*, delta: float, samples: int, steps: int, grid: Sequence[float
                              f"got {value!r}")
     if not isinstance(seed, int):
         raise TypeError(f"seed: expected an integer, got {type(seed).__name__}")
-    for d in grid or ():
+    for d in () if grid is None else grid:
+        try:
+            d = float(d)
+        except (TypeError, ValueError):
+            raise ValueError(f"grid: expected positive numbers (relative displacements), got {d!r}") from None
         check_positive(d, "grid")
     resolve_loss(loss_fn)
 
