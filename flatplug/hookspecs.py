@@ -74,10 +74,11 @@ def flatplug_register_sources(register):
     and ``source.load(name, device) -> flatplug.LoadedModel`` (see
     :class:`flatplug.types.ModelSource`). Options are plain values (``manifest=``, ``model_dir=``),
     so a worker process can rebuild the source. A source may also offer ``source.fingerprint(name)
-    -> str``, a digest of the model's content computed without loading it (its checkpoint files, via
-    ``flatplug.sources.fingerprint.file_sha256``, and whatever builds the model from them): stored
-    results are keyed by it, so a retrained checkpoint under the same name is scored afresh; without
-    it, scoring loads the model to hash its parameters. Fields: ``version``, ``paper``.
+    -> str | None``, a digest of the model's content computed without loading it (its checkpoint
+    files, via ``flatplug.sources.fingerprint.file_sha256``, and whatever builds the model from
+    them): stored results are keyed by it, so a retrained checkpoint under the same name is scored
+    afresh. Without it, or when it returns None (e.g. a checkpoint still to be downloaded), scoring
+    loads the model to hash its parameters. Fields: ``version``, ``paper``.
     """
 
 

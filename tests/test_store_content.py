@@ -255,3 +255,16 @@ def test_file_fingerprints_follow_the_file_not_the_cache(tmp_path):
     st = copy.stat()
     os.utime(copy, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
     assert file_sha256(copy) == hashlib.sha256(bytes(data)).hexdigest() != digest
+
+
+def test_a_source_that_cannot_fingerprint_yet_falls_back_to_the_parameters(monkeypatch):
+    """Guards against a source's ``fingerprint(name) -> None`` (a checkpoint still to be downloaded)
+    becoming the key "None", shared by every such model."""
+    zoo = ZooSource(shared_path("models", "zoo.json"))
+    monkeypatch.setattr(ZooSource, "fingerprint", lambda self, name: None)
+    spec = ModelSpec.of("zoo", MODEL, manifest=str(zoo.path))
+    assert spec.fingerprint() is None  # cannot say without loading
+    digest = spec.fingerprint(zoo.load(MODEL))
+    assert digest not in (None, "None") and len(digest) == 64
+    other = ModelSpec.of("zoo", "oval_base", manifest=str(zoo.path)).fingerprint(zoo.load("oval_base"))
+    assert other not in (None, "None", digest)

@@ -51,12 +51,14 @@ class ModelSpec:
         return self._source().load(self.name, device=device)
 
     def fingerprint(self, loaded: LoadedModel | None = None) -> str | None:
-        """The model's content: the source's ``fingerprint(name)`` (checkpoint files) when it has one,
-        else the loaded module's parameters and buffers; None when neither is available without loading."""
+        """The model's content: the source's ``fingerprint(name)`` (checkpoint files) when it has one
+        and can say without loading (not None), else the loaded module's parameters and buffers;
+        None when neither is available without loading."""
         source = self._source()
         own = getattr(source, "fingerprint", None)
-        if callable(own):
-            return str(own(self.name))
+        digest = own(self.name) if callable(own) else None
+        if digest is not None:
+            return str(digest)
         return module_fingerprint(loaded.module) if loaded is not None else None
 
 

@@ -279,3 +279,42 @@ def test_scores_offline_and_records_a_missing_checkpoint(model_dir, wong_state, 
     failed = frame[frame["model"] == "Rice2020Overfitting"]
     assert (failed["status"] == "failed").all() and len(failed) >= 1
     assert "Rice2020Overfitting.pt" in failed["error"].iloc[0]
+
+
+def test_rows_are_keyed_by_the_checkpoint_without_an_extra_load(tmp_path, wong_state, cifar_images, monkeypatch,
+                                                              no_network):
+    """Guards against the driver loading every RobustBench model once more only to hash its parameters,
+    and against a rewritten checkpoint under the same name getting the old numbers back."""
+    from flatplug.scoring import ModelSpec, score
+    from flatplug.store import Store
+
+    folder = tmp_path / "models" / "cifar10" / "Linf"
+    folder.mkdir(parents=True)
+    checkpoint = folder / f"{NAME}.pt"
+    torch.save({"state_dict": OrderedDict(("module." + k, v) for k, v in wong_state.items())}, checkpoint)
+    loads = []
+    real_load = RobustBenchSource.load
+    monkeypatch.setattr(RobustBenchSource, "load", lambda self, *a, **k: loads.append(a) or real_load(self, *a, **k))
+    source = RobustBenchSource(model_dir=tmp_path / "models", allow_download=False)
+    assert source.fingerprint("Rice2020Overfitting") is None  # not on disk: scoring loads (and hashes) instead
+    first = source.fingerprint(NAME)
+    assert len(first) == 64 and not loads
+
+    def run() -> None:
+        score([ModelSpec.of("robustbench", NAME, model_dir=str(tmp_path / "models"))], ("cifar10-real", *cifar_images),
+              measures={}, attack={"name": "pgd", "eps": 0.0, "steps": 1}, store=tmp_path / "r.db", quiet=True,
+              device="cpu")
+
+    run()
+    assert len(loads) == 1  # the scoring load only
+    with Store(tmp_path / "r.db") as db:
+        assert {r["model_fingerprint"] for r in db.rows()} == {first}
+    run()
+    assert len(loads) == 1  # every row stored for these bytes: nothing loaded at all
+    retrained = _random_state(_zoo()[NAME]["model"](), seed=8)
+    torch.save({"state_dict": OrderedDict(("module." + k, v) for k, v in retrained.items())}, checkpoint)
+    assert source.fingerprint(NAME) not in (None, first)
+    run()
+    assert len(loads) == 2
+    with Store(tmp_path / "r.db") as db:
+        assert len({r["model_fingerprint"] for r in db.rows()}) == 2

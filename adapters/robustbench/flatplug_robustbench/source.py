@@ -209,6 +209,25 @@ class RobustBenchSource:
         """The checkpoint file(s) of ``name`` (see :meth:`weights`)."""
         return list(self.weights(name).files)
 
+    def fingerprint(self, name: str) -> str | None:
+        """The content of ``name`` without loading it, for scoring's store keys.
+
+        The SHA-256 of each checkpoint file (cached by path, size and times) together with what turns
+        the files into a module: RobustBench's entry name, dataset, threat model and RobustBench's
+        version (its constructors build the architecture). None when a file is not on disk yet or the
+        weights live only in the Hugging Face cache: scoring then loads the model (downloading it
+        when allowed) and hashes its parameters instead.
+        """
+        files = self.weights(name).files
+        if not files or not all(p.is_file() for p in files):
+            return None
+        from flatplug.sources.fingerprint import files_fingerprint
+
+        rb = import_robustbench()
+        return files_fingerprint(files, source="robustbench", name=name, dataset=self.dataset,
+                                 threat_model=self.threat_model,
+                                 robustbench=getattr(rb, "__version__", None) or _dist_version("robustbench"))
+
     # -- metadata ---------------------------------------------------------------
     def metadata(self, name: str) -> dict[str, Any]:
         """Leaderboard metadata of ``name`` (``model_info`` folder when given, else the shipped snapshot)."""
