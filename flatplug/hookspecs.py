@@ -78,7 +78,9 @@ def flatplug_register_sources(register):
     files, via ``flatplug.sources.fingerprint.file_sha256``, and whatever builds the model from
     them): stored results are keyed by it, so a retrained checkpoint under the same name is scored
     afresh. Without it, or when it returns None (e.g. a checkpoint still to be downloaded), scoring
-    loads the model to hash its parameters. Fields: ``version``, ``paper``.
+    loads the model to hash its parameters. A source may also offer ``source.check(name)``, raising an
+    error that says what to provide when the model cannot be loaded as things stand (a missing
+    checkpoint that cannot be fetched); ``flatplug score`` calls it for every model before any work. Fields: ``version``, ``paper``.
     """
 
 

@@ -67,11 +67,14 @@ class ModelSource(Protocol):
         """The model ``name`` as a :class:`LoadedModel` whose module takes [0, 1] images."""
         ...
 
-    # Optional: ``fingerprint(name) -> str``, a digest of the model's content (its checkpoint files and
-    # whatever turns them into the model) computed without loading it, e.g. with
+    # Optional: ``fingerprint(name) -> str | None``, a digest of the model's content (its checkpoint
+    # files and whatever turns them into the model) computed without loading it, e.g. with
     # ``flatplug.sources.fingerprint.file_sha256``. Scoring keys every stored result by it, so a
-    # retrained checkpoint under the same name is scored afresh. Without it, scoring loads the model
-    # and hashes its parameters and buffers.
+    # retrained checkpoint under the same name is scored afresh. Without it (or when it returns None),
+    # scoring loads the model and hashes its parameters and buffers.
+    # Optional: ``check(name) -> None``, raising an error that says what to provide when ``name``
+    # cannot be loaded as things stand (a checkpoint file missing and no way to fetch it), cheaply and
+    # without loading; ``flatplug score`` calls it for every model before the first one is scored.
 
 
 #: A registered dataset loader: ``loader(path=None, n=None, seed=0, **options) -> (x, y)``

@@ -93,6 +93,28 @@ def test_bad_input_exits_2_before_any_work(what, extra, words, paths, tmp_path, 
     assert "Traceback" not in err and not store.exists()
 
 
+def test_missing_checkpoints_are_refused_before_any_model_is_scored(paths, tmp_path, capsys):
+    """Guards against a run scoring the first models and only then finding a later model's checkpoint
+    missing: every missing file is named at once, and nothing is written."""
+    zoo, _ = paths
+    manifest = json.loads(zoo.read_text())
+    entries = {name: dict(manifest[name], file=str(zoo.parent / manifest[name]["file"]))
+               for name in ("marabou_small", "oval_base", "resnet2b")}
+    entries["oval_base"]["file"] = "gone/oval_base.pt"
+    entries["resnet2b"]["file"] = "gone/resnet2b.pt"
+    local = tmp_path / "zoo.json"
+    local.write_text(json.dumps(entries))
+    store = tmp_path / "r.db"
+    args = _replace(_zoo_args(paths, store), ["--manifest", str(local), "--models", "marabou_small,oval_base,resnet2b"])
+    code = main(args)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "2 of 3 models cannot be loaded; nothing was scored" in err
+    assert f"checkpoint of model 'oval_base' not found: {tmp_path / 'gone' / 'oval_base.pt'}" in err
+    assert "checkpoint of model 'resnet2b' not found" in err and "'marabou_small' not found" not in err
+    assert not store.exists()
+
+
 def test_a_failed_model_exits_1_with_a_summary_and_success_exits_0(paths, tmp_path, capsys):
     """Guards against exit code 0 when a model failed (scripts and CI would take a broken run for a good one)."""
     zoo, _ = paths

@@ -174,3 +174,27 @@ def test_cli_refuses_bad_input(capsys):
     assert "nosuch_model" in capsys.readouterr().err
     assert main(["leaderboard", "--shared", str(shared), "--n", "lots"]) == 2
     assert "--n" in capsys.readouterr().err
+
+
+def test_cli_refuses_a_missing_checkpoint_before_any_scoring(tmp_path, capsys):
+    """Guards against the leaderboard scoring the models it has and only then failing on a missing file."""
+    import json
+
+    from flatplug.cli import main
+
+    zoo = shared_path("models", "zoo.json")
+    shared = tmp_path / "shared"
+    (shared / "models").mkdir(parents=True)
+    (shared / "data").symlink_to(zoo.parents[1] / "data")
+    entries = json.loads(zoo.read_text())
+    local = {name: dict(entry, file=str(zoo.parent / entry["file"])) for name, entry in entries.items()}
+    local["oval_base"]["file"] = "gone.pt"
+    (shared / "models" / "zoo.json").write_text(json.dumps(local))
+    store = tmp_path / "board.db"
+    code = main(["leaderboard", "--shared", str(shared), "--models", "marabou_small,oval_base", "--n", "20",
+                 "--store", str(store), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert f"1 of 2 models have no checkpoint; nothing was scored: checkpoint of model 'oval_base' not found: " \
+           f"{shared / 'models' / 'gone.pt'}" in err
+    assert not store.exists()

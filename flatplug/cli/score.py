@@ -131,6 +131,22 @@ def _models(args: argparse.Namespace, source_name: str, source: Any) -> list[str
     return list(dict.fromkeys(names))
 
 
+def _check_models(source: Any, names: list[str]) -> None:
+    """Refuse the run, naming every model that cannot be loaded as things stand (``source.check``)."""
+    check = getattr(source, "check", None)
+    if not callable(check):
+        return
+    problems = []
+    for name in names:
+        try:
+            check(name)
+        except (OSError, LookupError, ValueError) as exc:
+            problems.append(str(exc).strip() or type(exc).__name__)
+    if problems:
+        raise UsageError(f"{len(problems)} of {len(names)} models cannot be loaded; nothing was scored. "
+                         + " | ".join(problems) + (" (leave them out with --models)" if len(names) > 1 else ""))
+
+
 #: RobustBench's radii per threat model (its leaderboards' own)
 ROBUSTBENCH_EPS = {"Linf": 8 / 255, "L2": 0.5}
 
@@ -212,6 +228,7 @@ def preflight(args: argparse.Namespace) -> Plan:
 
         measures = list(SCORED_MEASURES)
     check_measures(resolve_measures(measures, attacks[0]))  # unknown names: the closest match
+    _check_models(source, models)
     untrained = source.missing() if hasattr(source, "missing") else []
     return Plan(name, options, models, dataset, attacks, measures, args.store or DEFAULT_STORE, untrained)
 

@@ -202,6 +202,22 @@ def zoo_models(shared: Path) -> dict[str, list[str]]:
     return out
 
 
+def _check_checkpoints(shared: Path, names: list[str]) -> None:
+    """Refuse the plan, naming every file, when any selected model's checkpoint is not on disk."""
+    from ..sources import ZooSource
+
+    zoo = ZooSource(shared / "models" / "zoo.json")
+    problems = []
+    for name in names:
+        try:
+            zoo.check(name)
+        except FileNotFoundError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise FileNotFoundError(f"{len(problems)} of {len(names)} models have no checkpoint; nothing was scored: "
+                                + " | ".join(problems))
+
+
 def default_plan(shared: str | Path = "../shared", *, n: int | str | None = "auto", models: list[str] | None = None,
                  device: str | None = None, aa: str = "auto") -> Plan:
     """The leaderboard plan. ``n="auto"``: full test sets when CUDA is used, else :data:`CPU_N`; an
@@ -220,6 +236,7 @@ def default_plan(shared: str | Path = "../shared", *, n: int | str | None = "aut
                              f"known: {', '.join(sorted(known))}")
         by_dataset = {d: [m for m in ms if m in models] for d, ms in by_dataset.items()}
         by_dataset = {d: ms for d, ms in by_dataset.items() if ms}
+    _check_checkpoints(shared, [m for ms in by_dataset.values() for m in ms])
     on_gpu = (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
     if n == "auto":
         sizes: dict[str, int | None] = {d: None if on_gpu else CPU_N[d] for d in by_dataset}

@@ -280,16 +280,21 @@ class ZooSource:
         """Where the checkpoint of ``name`` lives (``file`` resolved against the manifest's folder)."""
         return self.root / self.entry(name)["file"]
 
+    def check(self, name: str) -> None:
+        """Raise, naming the file and the manifest, when model ``name``'s checkpoint is not on disk."""
+        file = self.checkpoint_path(name)
+        if not file.is_file():
+            raise FileNotFoundError(
+                f"checkpoint of model {name!r} not found: {file} (listed as {self.entry(name)['file']!r} "
+                f"in {self.path}, relative to its folder)"
+            )
+
     def fingerprint(self, name: str) -> str:
         """The content of model ``name``: the SHA-256 of its checkpoint file (cached by path, size and
         mtime) together with what turns it into a model (layers, input shape, mean, std)."""
         entry = self.entry(name)
         file = self.checkpoint_path(name)
-        if not file.is_file():
-            raise FileNotFoundError(
-                f"checkpoint of model {name!r} not found: {file} (listed as {entry['file']!r} in {self.path}, "
-                "relative to its folder)"
-            )
+        self.check(name)
         from .fingerprint import combine, file_sha256
 
         return combine(checkpoint=file_sha256(file), layers=entry["layers"], input=entry["input"],
@@ -320,11 +325,7 @@ class ZooSource:
         """The bare network of ``name`` with its checkpoint loaded (expects normalised inputs)."""
         net = self.build(name)
         file = self.checkpoint_path(name)
-        if not file.is_file():
-            raise FileNotFoundError(
-                f"checkpoint of model {name!r} not found: {file} (listed as {self.entry(name)['file']!r} "
-                f"in {self.path}, relative to its folder)"
-            )
+        self.check(name)
         try:
             state = torch.load(file, map_location="cpu", weights_only=True)
         except Exception as exc:

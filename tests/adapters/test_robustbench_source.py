@@ -318,3 +318,24 @@ def test_rows_are_keyed_by_the_checkpoint_without_an_extra_load(tmp_path, wong_s
     assert len(loads) == 2
     with Store(tmp_path / "r.db") as db:
         assert len({r["model_fingerprint"] for r in db.rows()}) == 2
+
+
+def test_cli_refuses_a_run_with_a_missing_checkpoint_before_scoring(model_dir, tmp_path, monkeypatch, capsys):
+    """Guards against `flatplug score --source robustbench` scoring the models it has and only then
+    finding one it cannot get: offline, the missing file is named before any work, with one probe."""
+    from flatplug.cli import main
+
+    probes = []
+    monkeypatch.setattr(source_module, "reachable", lambda host, timeout: probes.append(host) or False)
+    store = tmp_path / "r.db"
+    code = main(["score", "--source", "robustbench", "--source-option", f"model_dir={model_dir}",
+                 "--models", f"{NAME},Rice2020Overfitting,Carmon2019Unlabeled", "--dataset", "imagefolder",
+                 "--data", str(shared_path("data", "cifar10", "test.tar.gz")), "--n", "4", "--store", str(store),
+                 "--no-report", "--quiet", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "2 of 3 models cannot be loaded; nothing was scored" in err
+    for name in ("Rice2020Overfitting", "Carmon2019Unlabeled"):
+        assert str(model_dir / "cifar10" / "Linf" / f"{name}.pt") in err
+    assert "cannot be reached" in err and probes == ["drive.google.com"]  # one probe for both
+    assert not store.exists()

@@ -110,6 +110,7 @@ class RobustBenchSource:
         self.allow_download = bool_option(allow_download, "allow_download")
         self.probe_timeout = positive_float_option(probe_timeout, "probe_timeout")
         self.trust_checkpoints = bool_option(trust_checkpoints, "trust_checkpoints")
+        self._reachable: dict[str, bool] = {}  # download hosts probed by this source
         self._zoo()  # fails now, naming the combinations, when RobustBench has no such zoo
 
     # -- the zoo ------------------------------------------------------------
@@ -209,6 +210,15 @@ class RobustBenchSource:
         """The checkpoint file(s) of ``name`` (see :meth:`weights`)."""
         return list(self.weights(name).files)
 
+    def check(self, name: str) -> None:
+        """Raise :class:`CheckpointNotFoundError` (what to put where) when ``name``'s weights are not on
+        disk and cannot be downloaded now (``allow_download`` off, or the host does not answer within
+        ``probe_timeout``; each host is probed once per source). Loads nothing."""
+        where = self.weights(name)
+        missing = [p for p in where.files if not p.is_file()]
+        if missing or not where.files:
+            self._check_download(name, where, missing)
+
     def fingerprint(self, name: str) -> str | None:
         """The content of ``name`` without loading it, for scoring's store keys.
 
@@ -302,7 +312,9 @@ class RobustBenchSource:
         if not self.allow_download:
             raise CheckpointNotFoundError(f"{what}: the weights are not on disk and downloads are off "
                                           f"(allow_download=False); {todo}, or allow downloads")
-        if not reachable(where.host, timeout=self.probe_timeout):
+        if where.host not in self._reachable:
+            self._reachable[where.host] = reachable(where.host, timeout=self.probe_timeout)
+        if not self._reachable[where.host]:
             raise CheckpointNotFoundError(f"{what}: the weights are not on disk and {where.host} cannot be reached "
                                           f"within {self.probe_timeout:g} s (no network?); {todo}")
 
