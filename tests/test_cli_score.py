@@ -113,6 +113,11 @@ def test_missing_checkpoints_are_refused_before_any_model_is_scored(paths, tmp_p
     assert f"checkpoint of model 'oval_base' not found: {tmp_path / 'gone' / 'oval_base.pt'}" in err
     assert "checkpoint of model 'resnet2b' not found" in err and "'marabou_small' not found" not in err
     assert not store.exists()
+    from flatplug.cli import build_parser
+    from flatplug.cli.score import preflight
+
+    remote = args + ["--executor", "ray"]  # a cluster's workers may see files this machine does not
+    assert preflight(build_parser(remote).parse_args(remote)).models == ["marabou_small", "oval_base", "resnet2b"]
 
 
 def test_a_failed_model_exits_1_with_a_summary_and_success_exits_0(paths, tmp_path, capsys):

@@ -228,7 +228,8 @@ def preflight(args: argparse.Namespace) -> Plan:
 
         measures = list(SCORED_MEASURES)
     check_measures(resolve_measures(measures, attacks[0]))  # unknown names: the closest match
-    _check_models(source, models)
+    if args.executor == "local":  # a cluster's workers may see checkpoints this machine does not
+        _check_models(source, models)
     untrained = source.missing() if hasattr(source, "missing") else []
     return Plan(name, options, models, dataset, attacks, measures, args.store or DEFAULT_STORE, untrained)
 
