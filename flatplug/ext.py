@@ -21,7 +21,8 @@ Working on a model:
 Registering:
 
 * :class:`MeasureInfo`: what a measure declares when it registers (version, zoo defaults, the
-  attack settings it follows, whether it reuses scoring's shared forward pass);
+  attack settings it follows, whether it reuses scoring's shared forward pass, the ``check`` of its
+  settings that scoring runs before any work);
 * :class:`AttackInfo`: an attack's implementation version;
 * :class:`ForwardPass`: what scoring's shared forward pass hands to ``MeasureInfo.from_forward``
   (``forward.penultimate(name)``: the features, labels and logits layer, or a clear error).
