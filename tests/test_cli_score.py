@@ -277,3 +277,21 @@ def test_the_first_demo_run_says_it_trains_the_demo_zoo_and_how_long(tmp_path, m
     err = capsys.readouterr().err
     assert f"training the demo zoo: 8 small CNNs on scikit-learn's digits, about {8 * DEMO_TRAIN_SECONDS} s" in err
     assert calls and calls[0]["store"] == str(tmp_path / "d.db")
+
+
+def test_many_missing_checkpoints_are_summarised_by_name():
+    """Guards against a wall of text when a whole zoo is missing: five in full, the rest by name."""
+    from flatplug.cli import UsageError
+    from flatplug.cli.score import _check_models
+
+    class Empty:
+        def check(self, name):
+            raise FileNotFoundError(f"checkpoint of model {name!r} not found: /nowhere/{name}.pt")
+
+    names = [f"m{i}" for i in range(8)]
+    with pytest.raises(UsageError) as info:
+        _check_models(Empty(), names)
+    text = str(info.value)
+    assert text.startswith("8 of 8 models cannot be loaded; nothing was scored.")
+    assert "/nowhere/m4.pt" in text and "/nowhere/m5.pt" not in text
+    assert "and the same for m5, m6, m7 (leave them out with --models)" in text
