@@ -176,6 +176,23 @@ def test_cli_refuses_bad_input(capsys):
     assert "--n" in capsys.readouterr().err
 
 
+def test_many_missing_checkpoints_are_summarised_as_in_flatplug_score(tmp_path):
+    """Guards against the leaderboard listing a whole missing zoo in full, unlike flatplug score."""
+    from flatplug.leaderboard.plan import _check_checkpoints
+
+    zoo = shared_path("models", "zoo.json")
+    entries = json.loads(zoo.read_text())
+    names = sorted(entries)[:7]
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "zoo.json").write_text(json.dumps({n: dict(entries[n], file=f"gone_{n}.pt") for n in names}))
+    with pytest.raises(FileNotFoundError) as info:
+        _check_checkpoints(tmp_path, names)
+    text = str(info.value)
+    assert text.startswith("7 of 7 models have no checkpoint; nothing was scored: ")
+    assert f"gone_{names[4]}.pt" in text and f"gone_{names[5]}.pt" not in text
+    assert text.endswith(f" | and the same for {names[5]}, {names[6]}")
+
+
 def test_cli_refuses_a_missing_checkpoint_before_any_scoring(tmp_path, capsys):
     """Guards against the leaderboard scoring the models it has and only then failing on a missing file."""
     import json

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import plugins
+from ..sources.preflight import describe, unloadable
 from . import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, UsageError
 from .commands import DEFAULT_REPORT, DEFAULT_STORE
 
@@ -131,27 +132,12 @@ def _models(args: argparse.Namespace, source_name: str, source: Any) -> list[str
     return list(dict.fromkeys(names))
 
 
-#: how many unloadable models the pre-flight describes in full (the rest by name)
-SHOWN_PROBLEMS = 5
-
-
 def _check_models(source: Any, names: list[str]) -> None:
     """Refuse the run, naming every model that cannot be loaded as things stand (``source.check``)."""
-    check = getattr(source, "check", None)
-    if not callable(check):
-        return
-    problems: list[tuple[str, str]] = []
-    for name in names:
-        try:
-            check(name)
-        except (OSError, LookupError, ValueError) as exc:
-            problems.append((name, str(exc).strip() or type(exc).__name__))
+    problems = unloadable(source, names)
     if problems:
-        shown = " | ".join(text for _, text in problems[:SHOWN_PROBLEMS])
-        if len(problems) > SHOWN_PROBLEMS:
-            shown += f" | and the same for {', '.join(name for name, _ in problems[SHOWN_PROBLEMS:])}"
-        raise UsageError(f"{len(problems)} of {len(names)} models cannot be loaded; nothing was scored. {shown}"
-                         + (" (leave them out with --models)" if len(names) > 1 else ""))
+        raise UsageError(f"{len(problems)} of {len(names)} models cannot be loaded; nothing was scored. "
+                         f"{describe(problems)}" + (" (leave them out with --models)" if len(names) > 1 else ""))
 
 
 #: RobustBench's radii per threat model (its leaderboards' own)

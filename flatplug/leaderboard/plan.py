@@ -205,17 +205,12 @@ def zoo_models(shared: Path) -> dict[str, list[str]]:
 def _check_checkpoints(shared: Path, names: list[str]) -> None:
     """Refuse the plan, naming every file, when any selected model's checkpoint is not on disk."""
     from ..sources import ZooSource
+    from ..sources.preflight import describe, unloadable
 
-    zoo = ZooSource(shared / "models" / "zoo.json")
-    problems = []
-    for name in names:
-        try:
-            zoo.check(name)
-        except FileNotFoundError as exc:
-            problems.append(str(exc))
+    problems = unloadable(ZooSource(shared / "models" / "zoo.json"), names)
     if problems:
         raise FileNotFoundError(f"{len(problems)} of {len(names)} models have no checkpoint; nothing was scored: "
-                                + " | ".join(problems))
+                                + describe(problems))
 
 
 def default_plan(shared: str | Path = "../shared", *, n: int | str | None = "auto", models: list[str] | None = None,
