@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import ThreeDOutput, dense_hessian, tiny_batch, tiny_mlp
+from conftest import ThreeDOutput, dense_hessian, mnist_softmax_regression, tiny_batch, tiny_mlp
 from flatplug.measures import hessian_eigenvalues
 
-# With tol=1e-7 (default stopping="bound") every Ritz value's error bound is <= 1e-7 * |theta|,
+# With tol=1e-7 (default stopping="residual") every Ritz value's error bound is <= 1e-7 * |theta|,
 # and the top-k Ritz values are lower bounds of the top-k eigenvalues (Cauchy interlacing):
 # 1e-4 relative leaves room only for float64 rounding.
 TOL = 1e-7
@@ -212,10 +212,11 @@ def wider_problem():
     return net, x, y, torch.linalg.eigvalsh(dense_hessian(net, x, y))
 
 
+@pytest.mark.parametrize("stopping", ["residual", "bound"])
 @pytest.mark.parametrize("which", ["largest", "smallest"])
 @pytest.mark.parametrize("k", [1, 3])
-def test_tol_is_the_relative_error_of_the_eigenvalues(which, k):
-    """The default rule: each Ritz value lies within its reported bound of an eigenvalue of the
+def test_tol_is_the_relative_error_of_the_eigenvalues(which, k, stopping):
+    """Both error-bounding rules: each Ritz value lies within its reported bound of an eigenvalue of the
     dense Hessian (eigvalsh), the bound is within tol * |lambda|, and at tol <= 1e-3 the k values
     are the k extreme eigenvalues to tol (guards a bound that does not bound, e.g. a gap taken too
     large, or a stop before the bound meets tol). At tol = 1e-2 a stop can come before Lanczos has
@@ -226,8 +227,9 @@ def test_tol_is_the_relative_error_of_the_eigenvalues(which, k):
     slack = 1e-12 * float(ev.abs().max())
     for tol in (1e-2, 1e-3, 1e-5):
         for seed in range(2):
-            m = hessian_eigenvalues(net, (x, y), k=k, tol=tol, max_iter=92, which=which, seed=seed, quiet=True)
-            assert m.details["converged"] and m.details["stopping"] == "bound"
+            m = hessian_eigenvalues(net, (x, y), k=k, tol=tol, max_iter=92, which=which, seed=seed, quiet=True,
+                                    stopping=stopping)
+            assert m.details["converged"] and m.details["stopping"] == stopping
             got = torch.tensor(m.details["eigenvalues"], dtype=torch.float64)
             nearest = (got[:, None] - ev[None, :]).abs().min(dim=1).values
             bounds = torch.tensor(m.details["error_bounds"], dtype=torch.float64)
@@ -242,8 +244,9 @@ def test_bound_rule_needs_fewer_products_than_the_residual_rule():
     (guards a bound rule that silently fell back to the residual)."""
     net, x, y, ev = wider_problem()
     for k in (1, 3):
-        bound = hessian_eigenvalues(net, (x, y), k=k, tol=1e-6, max_iter=92, quiet=True)
-        residual = hessian_eigenvalues(net, (x, y), k=k, tol=1e-6, max_iter=92, quiet=True, stopping="residual")
+        bound = hessian_eigenvalues(net, (x, y), k=k, tol=1e-6, max_iter=92, quiet=True, stopping="bound")
+        residual = hessian_eigenvalues(net, (x, y), k=k, tol=1e-6, max_iter=92, quiet=True)
+        assert residual.details["stopping"] == "residual"
         assert bound.details["hvp_count"] < residual.details["hvp_count"]
         for a, b in zip(bound.details["eigenvalues"], ev.flip(0)[:k].tolist()):
             assert a == pytest.approx(b, rel=1e-6)
@@ -259,3 +262,25 @@ def test_hvp_paths_give_the_dense_eigenvalues(hvp):
     assert_rel_close(m.details["eigenvalues"], ev.flip(0)[:2])
     with pytest.raises(ValueError, match="hvp: expected one of"):
         hessian_eigenvalues(net, (x, y), hvp="fast")
+
+
+def test_default_rule_finds_the_top_eigenvalue_where_the_bound_rule_stops_on_the_second():
+    """Real data, defaults only: on a trained MNIST softmax regression (the Hessian of Yamada et
+    al.'s setting, multi-class) the default rule returns the dense Hessian's top eigenvalue to
+    tol on every one of 30 seeds. The "bound" rule stops a product or two earlier and, on some
+    seeds, on the second eigenvalue (3.3% lower) with an error bound below tol: the wanted one
+    had not yet emerged from the Krylov space, which no a-posteriori bound can see. That is why
+    the residual rule is the default (this test fails if the default goes back to "bound")."""
+    model, x, y, h = mnist_softmax_regression()
+    ev = torch.linalg.eigvalsh(h).flip(0)
+    top, second = float(ev[0]), float(ev[1])
+    assert (top - second) / top > 0.02  # the setting this test is about: two close, distinct eigenvalues
+    bound_errors = []
+    for seed in range(30):
+        m = hessian_eigenvalues(model, (x, y), seed=seed, quiet=True)
+        assert m.details["stopping"] == "residual" and m.details["converged"]
+        assert abs(m.value - top) <= 1e-3 * top, (seed, m.value, top)
+        b = hessian_eigenvalues(model, (x, y), seed=seed, quiet=True, stopping="bound")
+        assert b.details["error_bounds"][0] <= 1e-3 * abs(b.value)  # what the bound rule claims
+        bound_errors.append(abs(b.value - top) / top)
+    assert max(bound_errors) > 0.02, bound_errors

@@ -9,13 +9,17 @@ iteration with deflation). It is found matrix-free by Lanczos with full reorthog
 ch. 10) on exact Hessian-vector products accumulated over all batches (Pearlmutter 1994, "Fast
 exact multiplication by the Hessian", https://doi.org/10.1162/neco.1994.6.1.147).
 
-Lanczos stops on an a-posteriori error bound of the Ritz values (``stopping="bound"``): the
-eigenvalue error is at most ``min(r, r^2 / gap)`` for a Ritz pair with residual ``r`` and gap
-``gap`` to the rest of the spectrum (the Kato-Temple / residual-gap bound; Parlett, "The
-Symmetric Eigenvalue Problem", SIAM 1998, https://doi.org/10.1137/1.9781611971163, ch. 11;
-Saad, "Numerical Methods for Large Eigenvalue Problems", SIAM 2011,
-https://doi.org/10.1137/1.9781611970739, ch. 3 and 6, where the Kaniel-Paige theory gives the
-convergence rate). So ``tol`` is the relative error of the eigenvalues.
+Every result carries an a-posteriori error bound for each eigenvalue: ``min(r, r^2 / gap)`` for a
+Ritz pair with residual ``r`` and gap ``gap`` to the rest of the spectrum (the Kato-Temple /
+residual-gap bound; Parlett, "The Symmetric Eigenvalue Problem", SIAM 1998,
+https://doi.org/10.1137/1.9781611971163, ch. 11; Saad, "Numerical Methods for Large Eigenvalue
+Problems", SIAM 2011, https://doi.org/10.1137/1.9781611970739, ch. 3 and 6, where the Kaniel-Paige
+theory gives the convergence rate). By default Lanczos stops when the residual ``r`` meets
+``tol`` relative, so the bound does too (and is usually far smaller); ``stopping="bound"`` stops
+as soon as the bound meets it, a product or two earlier. That earlier stop more often returns the
+next eigenvalue when the wanted one has not yet emerged from the Krylov space (a softmax
+regression trained on MNIST: 7 of 50 seeds against none; :mod:`flatplug.lanczos`), which no
+bound can detect: hence the default.
 """
 
 from __future__ import annotations
@@ -65,7 +69,7 @@ def hessian_eigenvalues(
     seed: int = 0,
     loss_fn: LossFn | None = None,
     quiet: bool = False,
-    stopping: str = "bound",
+    stopping: str = "residual",
     hvp: str = "auto",
 ) -> Measurement:
     """The ``k`` extreme eigenvalues of the Hessian of the mean loss over ``data`` w.r.t. ``params``.
@@ -74,12 +78,13 @@ def hessian_eigenvalues(
     "magnitude" (largest ``|lambda|``). Lanczos stops after ``max_iter`` Hessian-vector products
     or when every one of the ``k`` Ritz values passes the ``stopping`` test; what ``tol`` means:
 
-    * ``"bound"`` (default): the a-posteriori error bound ``min(r, r^2 / gap)`` of each eigenvalue
-      is at most ``tol * |theta|``: ``tol`` is the relative error of the eigenvalues
-      (``details["error_bounds"]`` lists the bounds);
-    * ``"residual"``: the residual ``||H v - theta v|| <= tol * |theta|``: ``tol`` bounds the
-      eigenvectors' residuals (the eigenvalues are then accurate to about ``tol^2``), at about
-      twice the products;
+    * ``"residual"`` (default): the residual ``||H v - theta v|| <= tol * |theta|``: ``tol`` bounds
+      the eigenvectors' residuals and the eigenvalues' relative error (``details["error_bounds"]``
+      lists the bounds ``min(r, r^2 / gap)``, usually far below ``tol``);
+    * ``"bound"``: stops as soon as the error bound ``min(r, r^2 / gap)`` of each eigenvalue is at
+      most ``tol * |theta|``, trusting the gap the Ritz values suggest: a product or two fewer on
+      the shared CIFAR-10 models, and more often the next eigenvalue instead of the wanted one
+      when the wanted one has not yet emerged (module docstring);
     * ``"change"``: PyHessian's rule, the values changed by at most ``tol`` (relative) since the
       previous step: no error bound at all.
 
@@ -160,7 +165,9 @@ def hessian_eigenvalues(
 
 
 INFO = MeasureInfo(
-    version="2",  # 2: stops on the eigenvalue error bound (stopping="bound"), not on the residual
+    # 2: stopped on the eigenvalue error bound (stopping="bound"); 3: stops on the residual again by
+    # default, which returned the second eigenvalue less often (lanczos module docstring)
+    version="3",
     paper="Yao et al. 2020 (PyHessian), https://arxiv.org/abs/1912.07145; Keskar et al. 2017, "
           "https://arxiv.org/abs/1609.04836; Lanczos 1950; Parlett 1998 (residual-gap bound)",
     default=True,
