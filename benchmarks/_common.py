@@ -27,6 +27,32 @@ DEFAULT_ZOO = SHARED / "models" / "zoo.json"
 DEFAULT_DATA = SHARED / "data" / "cifar10"
 
 
+def robustbench_wide_resnet(depth: int = 28, widen_factor: int = 10) -> nn.Module:
+    """RobustBench's own WideResNet (the ``Standard`` CIFAR-10 architecture at 28-10), seeded weights.
+
+    The architecture module is loaded from the installed ``robustbench`` distribution by its file,
+    without running the package's ``__init__``: that imports ``autoattack`` and ``pkg_resources``,
+    which the architecture does not need and a bare GPU machine may lack (only the ``robustbench``
+    wheel is needed there). The class is RobustBench's, unchanged.
+    """
+    import importlib.util
+    from importlib import metadata
+
+    try:
+        file = Path(str(metadata.distribution("robustbench").locate_file(
+            "robustbench/model_zoo/architectures/wide_resnet.py")))
+    except metadata.PackageNotFoundError:
+        sys.exit("this benchmark builds a WideResNet with RobustBench's constructor: install robustbench "
+                 "(make setup, or adapters/robustbench)")
+    if not file.is_file():
+        sys.exit(f"robustbench is installed but {file} is missing: reinstall robustbench 1.1.1")
+    spec = importlib.util.spec_from_file_location("_robustbench_wide_resnet", file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    torch.manual_seed(0)
+    return module.WideResNet(depth=depth, widen_factor=widen_factor)
+
+
 def parser(description: str, *, repeats: int, n: int, threads: int | None = None) -> argparse.ArgumentParser:
     """The options every benchmark takes; scripts add their own. ``threads``: the default of
     ``--threads`` (None: torch's own choice)."""

@@ -28,7 +28,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from _common import sync, table  # noqa: E402
+from _common import robustbench_wide_resnet, sync, table  # noqa: E402
 
 import flatplug as fp  # noqa: E402
 from flatplug.hvp import HessianOperator  # noqa: E402
@@ -37,15 +37,7 @@ from flatplug.sources import load_imagefolder  # noqa: E402
 
 
 def wide_resnet_28_10(checkpoint: str | None) -> tuple[torch.nn.Module, str]:
-    try:
-        from flatplug_robustbench._compat import alias_autoattack
-
-        alias_autoattack()
-        from robustbench.model_zoo.architectures.wide_resnet import WideResNet
-    except ImportError as exc:
-        sys.exit(f"this benchmark builds the model with RobustBench's constructor: install adapters/robustbench ({exc})")
-    torch.manual_seed(0)
-    model = WideResNet(depth=28, widen_factor=10)
+    model = robustbench_wide_resnet()
     if checkpoint and Path(checkpoint).is_file():
         state = torch.load(checkpoint, map_location="cpu", weights_only=False)
         state = state.get("state_dict", state.get("last", state)) if isinstance(state, dict) else state

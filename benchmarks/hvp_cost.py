@@ -32,7 +32,6 @@ On a CPU the script runs torch with one thread by default (``--threads 0``: torc
 from __future__ import annotations
 
 import statistics
-import sys
 from contextlib import nullcontext
 
 import torch
@@ -48,15 +47,7 @@ WRN = "wrn-28-10"
 
 
 def wide_resnet_28_10(device: torch.device) -> torch.nn.Module:
-    try:
-        from flatplug_robustbench._compat import alias_autoattack
-
-        alias_autoattack()
-        from robustbench.model_zoo.architectures.wide_resnet import WideResNet
-    except ImportError as exc:
-        sys.exit(f"--models {WRN}: built with RobustBench's constructor; install adapters/robustbench ({exc})")
-    torch.manual_seed(0)
-    return WideResNet(depth=28, widen_factor=10).to(device).eval()
+    return C.robustbench_wide_resnet().to(device).eval()
 
 
 def measure(name: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, repeats: int,
