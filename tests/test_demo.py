@@ -46,6 +46,34 @@ def test_demo_source_trains_reproducibly_and_caches(tmp_path):
         a.load("standart")
 
 
+def test_a_cached_demo_model_is_only_used_by_the_code_that_trained_it(tmp_path, monkeypatch):
+    """Guards against stale demo models: training is deterministic but chaotic, so a code change that
+    moves one float (a batch layout in the training loop) changes the weights without changing any
+    method's version; a cache keyed on the recipe alone served models the current code no longer
+    trains, and README's demo correlations were measured on them."""
+    import shutil
+
+    import flatplug
+    from flatplug.sources import demo
+
+    package = Path(flatplug.__file__).resolve().parent
+    copy = tmp_path / "flatplug"
+    shutil.copytree(package, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    assert demo.source_digest(copy) == demo.source_digest(package) == demo.code_digest()
+    loop = copy / "training" / "loop.py"
+    loop.write_text(loop.read_text(encoding="utf-8") + "\n# one changed line\n", encoding="utf-8")
+    edited = demo.source_digest(copy)
+    assert edited != demo.code_digest()
+    (copy / "training" / "new_module.py").write_text("", encoding="utf-8")
+    assert demo.source_digest(copy) not in (edited, demo.code_digest())
+
+    source = DemoSource(tmp_path / "cache")
+    source.load("standard")
+    assert source.missing() == [n for n in RECIPES if n != "standard"]
+    monkeypatch.setattr(demo, "code_digest", lambda: edited)  # the same recipe under other code
+    assert source.missing() == list(RECIPES)  # so its first load retrains
+
+
 def _readme_claims() -> dict[str, float]:
     """The demo correlations README.md states: {"hessian_trace": rho, "local_flatness": rho}.
 

@@ -3,11 +3,13 @@
 Eight models that differ only in how they were trained (standard, PGD-AT at two eps, LFR,
 SAM, ASAM, AWP, FAM), so flatness and robustness vary for known reasons. Trained once
 (about 20 s on 2 CPU cores) and cached under the user's cache folder; later loads take
-milliseconds. The cache key includes the recipe, so a changed recipe retrains.
+milliseconds. The cache key includes the recipe, flatplug's source code and torch's version, so a
+changed recipe or code retrains: a cached model is always what this code trains.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -57,13 +59,36 @@ def cache_dir() -> Path:
     return Path(base) / "flatplug"
 
 
+@functools.lru_cache(maxsize=None)
+def code_digest() -> str:
+    """SHA-256 of flatplug's own source files (paths and contents).
+
+    Training is deterministic but chaotic: a change anywhere on its path (the training loop, an
+    attack, a batch layout) that moves one float changes the trained weights and every number
+    measured on them, while the methods' declared versions stay put. So a cached demo model is
+    used only by the exact code that trained it; any other code retrains (about 20 s).
+    """
+    return source_digest(Path(__file__).resolve().parents[1])
+
+
+def source_digest(root: Path) -> str:
+    """SHA-256 over the relative paths and contents of the ``*.py`` files under ``root``."""
+    digest = hashlib.sha256()
+    for file in sorted(root.rglob("*.py")):
+        digest.update(file.relative_to(root).as_posix().encode() + b"\0")
+        digest.update(hashlib.sha256(file.read_bytes()).digest())
+    return digest.hexdigest()
+
+
 def _key(name: str) -> str:
-    """The cache key of a demo model: its recipe and the implementation version of its training method."""
+    """The cache key of a demo model: its recipe, the implementation version of its training method,
+    flatplug's source code and torch's version (:func:`code_digest`)."""
     from .. import plugins
 
     method, params = RECIPES[name]
-    recipe = {"method": method, "params": params, "epochs": EPOCHS, "batch": BATCH, "lr": LR, "version": 1,
-              "method_version": plugins.info("trainers", method).version}
+    recipe = {"method": method, "params": params, "epochs": EPOCHS, "batch": BATCH, "lr": LR, "version": 2,
+              "method_version": plugins.info("trainers", method).version, "code": code_digest(),
+              "torch": torch.__version__}
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
 
 
