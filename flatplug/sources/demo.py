@@ -72,12 +72,15 @@ def code_digest() -> str:
 
 
 def source_digest(root: Path) -> str:
-    """SHA-256 over the relative paths and contents of the ``*.py`` files under ``root``."""
-    digest = hashlib.sha256()
-    for file in sorted(root.rglob("*.py")):
-        digest.update(file.relative_to(root).as_posix().encode() + b"\0")
-        digest.update(hashlib.sha256(file.read_bytes()).digest())
-    return digest.hexdigest()
+    """One digest over the relative paths and contents of the ``*.py`` files under ``root``.
+
+    The files are hashed directly, not through ``fingerprint.file_sha256``: its persistent cache
+    would write an entry per source file for every edit, more work than hashing a few hundred KB.
+    """
+    from .fingerprint import combine
+
+    return combine(files={file.relative_to(root).as_posix(): hashlib.sha256(file.read_bytes()).hexdigest()
+                          for file in sorted(root.rglob("*.py"))})
 
 
 def _key(name: str) -> str:
