@@ -4,8 +4,11 @@ The derivative of ``relu`` is a step function, whose own derivative is zero wher
 Stock autograd still records the first-order gradient ``threshold_backward(g, out, 0)`` with the
 ReLU's output as a differentiable input, so every backward pass through that gradient graph (a
 Hessian-vector product, or the input-gradient-norm ascent of LFR) computes a ``zeros_like`` for
-it (``ThresholdBackwardBackward0``) and adds those zeros into the forward graph: on a CPU about 6%
-of a product on ``resnet4b`` (``benchmarks/hvp_cost.py``, its "stock ReLU graph" row).
+it (``ThresholdBackwardBackward0``) and adds those zeros into the forward graph. On a CPU that
+work took 1% to 7.5% of a product's time on ``resnet4b`` in ``torch.profiler`` runs (more when
+the allocator hands the zeros fresh pages); ``benchmarks/relu_graph.py`` measured products with
+the switch at 0.986x-0.991x the stock ReLUs' time on ``resnet4b``, 0.99x-1.00x on ``oval_wide``,
+and 1.04x-1.05x on WideResNet-28-10 (in-place ReLUs, batch 4).
 
 :func:`second_order_relus` records the same gradient with the output detached from the graph
 (it still guards against later in-place changes: the saved tensor shares the output's version
