@@ -25,8 +25,7 @@ convolutions are faster on it (on resnet4b a product and the gradient graph both
 about 16% less time); the numbers are the same up to float rounding. The gradient graph that
 the double backward differentiates is recorded with :func:`flatplug._conv_grad.second_order_convs`,
 whose convolutions have fast derivatives (on a CPU a product takes 0.87x the stock graph's time
-on resnet4b and 0.78x on oval_wide: ``benchmarks/hvp_cost.py``, its "stock autograd graph" row),
-and :func:`flatplug._relu_grad.second_order_relus`, whose ReLUs skip a branch of zeros.
+on resnet4b and 0.78x on oval_wide: ``benchmarks/hvp_cost.py``, its "stock autograd graph" row).
 
 Callers wrap the operator's whole life in :func:`flatplug._state.preserved`: the operator turns
 ``requires_grad`` on for the selected parameters and off for the others, and ``preserved`` puts
@@ -36,7 +35,7 @@ the flags back.
 from __future__ import annotations
 
 import warnings
-from contextlib import ExitStack, nullcontext
+from contextlib import nullcontext
 from typing import Callable, ContextManager, Iterator
 
 import torch
@@ -46,7 +45,6 @@ from ._conv_grad import second_order_convs
 from ._data import Batches, cpu_channels_last, model_device_dtype
 from ._loss import LossFn, cross_entropy, per_sample_loss, resolve_loss
 from ._params import ParamSpec, select_params
-from ._relu_grad import second_order_relus
 from ._validation import check_logits
 
 __all__ = ["HVP_MODES", "HessianOperator", "check_int"]
@@ -147,14 +145,8 @@ class HessianOperator:
 
     def _recording(self, create_graph: bool) -> ContextManager[object]:
         """Where a gradient graph to be differentiated again is recorded: convolutions switched to
-        the formulation with fast derivatives (:mod:`flatplug._conv_grad`), ReLUs to one without
-        the branch that only carries zeros (:mod:`flatplug._relu_grad`)."""
-        if not create_graph:
-            return nullcontext()
-        stack = ExitStack()
-        stack.enter_context(second_order_convs(self.model))
-        stack.enter_context(second_order_relus(self.model))
-        return stack
+        the formulation with fast derivatives (:mod:`flatplug._conv_grad`)."""
+        return second_order_convs(self.model) if create_graph else nullcontext()
 
     def _grads(self, loss: torch.Tensor, *, create_graph: bool) -> list[torch.Tensor]:
         grads = torch.autograd.grad(loss, self.params, create_graph=create_graph, allow_unused=True)
