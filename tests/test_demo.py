@@ -74,28 +74,36 @@ def test_a_cached_demo_model_is_only_used_by_the_code_that_trained_it(tmp_path, 
     assert source.missing() == list(RECIPES)  # so its first load retrains
 
 
-def _readme_claims() -> dict[str, float]:
-    """The demo correlations README.md states: {"hessian_trace": rho, "local_flatness": rho}.
+#: how far outside README's stated range a CPU not tried yet may land: two of the smallest steps
+#: of a Spearman correlation over eight models (a swap of two neighbours moves it by 6 * 2 / 504)
+SPREAD_MARGIN = 0.05
 
-    Either "rho = +0.79 for the Hessian trace" or "local flatness falls, rho = -0.81" is understood.
+
+def _readme_claims() -> dict[str, tuple[float, float]]:
+    """The demo correlations README.md states: {"hessian_trace": (lo, hi), "local_flatness": (lo, hi)}.
+
+    "ρ = +0.62 to +0.69 for the Hessian trace" and "local flatness falls, ρ = −0.81 to −0.83" are
+    understood, and a single value ("ρ = +0.62") as a range of one value.
     """
     text = " ".join(README.split())
     sentence = re.search(r"`make demo` writes a report.*?\)", text)
     assert sentence, "README.md no longer describes what `make demo` shows"
     words = sentence.group(0)
     number = r"([+\u2212-]\d\.\d\d)"
+    claim = rf"\u03c1 = {number}(?: to {number})?"
     out = {}
     for key, name in (("Hessian trace", "hessian_trace"), ("local flatness", "local_flatness")):
-        match = (re.search(rf"\u03c1 = {number} for (?:the )?{key}", words)
-                 or re.search(rf"{key}[^\u03c1,]*,? \u03c1 = {number}", words))
+        match = re.search(rf"{claim} for (?:the )?{key}", words) or re.search(rf"{key}[^\u03c1,]*,? {claim}", words)
         assert match, f"README.md states no demo correlation for the {key}: {words}"
-        out[name] = float(match.group(1).replace("\u2212", "-"))
+        ends = [float(g.replace("\u2212", "-")) for g in match.groups() if g is not None]
+        out[name] = (min(ends), max(ends))
     return out
 
 
 def test_readme_demo_correlations_are_what_the_demo_produces(tmp_path, monkeypatch):
-    """Guards against README claims that `make demo` does not reproduce (issue 17), and against the
-    README's `flatplug report` command failing after the demo (issue 11: two default store names)."""
+    """Guards against README claims that `make demo` does not reproduce (issue 17; a stale claim
+    more than two steps outside what the demo gives fails), and against the README's `flatplug report` command failing
+    after the demo (issue 11: two default store names)."""
     claims = _readme_claims()
     monkeypatch.chdir(tmp_path)
     threads = torch.get_num_threads()
@@ -110,6 +118,11 @@ def test_readme_demo_correlations_are_what_the_demo_produces(tmp_path, monkeypat
     assert main(command.group(0).split()[1:]) == 0
     corr = pd.read_csv(tmp_path / "flatplug-report" / "correlations.csv")
     robust = corr[corr["y"].str.startswith("robust:")].set_index("x")
-    for measure, claimed in claims.items():
-        assert round(float(robust.loc[measure, "spearman"]), 2) == pytest.approx(claimed, abs=1e-9), measure
+    for measure, (lo, hi) in claims.items():
+        # the demo is deterministic on one CPU, but another CPU rounds differently and the chaotic
+        # training amplifies it (notes/demo_spread.py): README states the range seen, and a CPU not
+        # tried yet may land a step or two outside it, never on the other side of zero
+        rho = round(float(robust.loc[measure, "spearman"]), 2)
+        assert lo - SPREAD_MARGIN <= rho <= hi + SPREAD_MARGIN, (measure, rho, (lo, hi))
+        assert rho * lo > 0 and rho * hi > 0, (measure, rho, (lo, hi))
     assert cache_dir().exists()
