@@ -19,7 +19,8 @@ error of the sorted top-k above ``tol`` = 1e-3. Rules:
 * ``bound``: every wanted Ritz value's error bound ``min(r, r^2 / gap)`` <= tol (flatplug 0.2's default);
 * ``residual``: every wanted residual ``r`` <= tol (the default now);
 * ``bound+next``: ``bound`` for the k wanted *and* the next Ritz value (considered, not adopted:
-  cheap when the next eigenvalue is an outlier, 2-4x the products when it lies in the bulk).
+  cheap when the next eigenvalue is an outlier, 2-4x the products when it lies in the bulk);
+* ``residual+next``: ``residual`` for the k wanted and ``bound`` for the next Ritz value (2026-12-02).
 
     .venv/bin/python notes/lanczos_stopping.py [--part mnist cifar synthetic] [--models resnet4b ...]
 """
@@ -42,7 +43,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from flatplug.lanczos import lanczos, ritz_error_bounds, tridiagonal  # noqa: E402
 
 TOL = 1e-3
-RULES = ("bound", "residual", "bound+next")
+RULES = ("bound", "residual", "bound+next", "residual+next")
 Step = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # Ritz values, residuals, bounds (descending)
 
 
@@ -68,8 +69,11 @@ def stop(trace: list[Step], k: int, rule: str) -> tuple[int, torch.Tensor]:
             ok = bool((bounds[:k] <= scale[:k]).all())
         elif rule == "residual":
             ok = bool((res[:k] <= scale[:k]).all())
-        else:
+        elif rule == "bound+next":
             ok = theta.numel() > k and bool((bounds[: k + 1] <= scale[: k + 1]).all())
+        else:
+            ok = (theta.numel() > k and bool((res[:k] <= scale[:k]).all())
+                  and bool(bounds[k] <= scale[k]))
         if ok:
             return j, theta[:k]
     return len(trace), trace[-1][0][:k]
