@@ -19,7 +19,10 @@ flatplug's methods get the batch in the layout flatplug's training loop passes t
 official algorithm gets it as its own code does (the contiguous layout).
 
 ``--breakdown`` also times the pieces of a step (forward, input gradient, one inner ascent step
-with and without frozen weights, the outer objective's pass) to show where the time goes.
+with and without frozen weights, the outer objective's pass) to show where the time goes, all on
+stock autograd graphs, plus the frozen-weights inner step with the convolutions switched as
+flatplug's ascent records them (``flatplug._conv_grad.second_order_convs``: stock autograd's double
+backward of a convolution runs an extra convolution over transposed feature maps).
 
     .venv/bin/python benchmarks/training_steps.py [--device cpu] [--threads 1] [--inner-steps 10] [--breakdown]
 """
@@ -27,11 +30,13 @@ with and without frozen weights, the outer objective's pass) to show where the t
 from __future__ import annotations
 
 import copy
+from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
 
 import _common as C
+from flatplug._conv_grad import second_order_convs
 from flatplug._data import cpu_channels_last
 from flatplug.training import LFR, PGDAT, SAM, Standard
 from official_lfr import official_lfr_step
@@ -73,10 +78,11 @@ def breakdown(model, x, y, device, repeats: int) -> list[list[object]]:
         xr = x.clone().requires_grad_(True)
         return xr, torch.autograd.grad(F.cross_entropy(model(xr), y, reduction="sum"), xr, create_graph=create_graph)[0]
 
-    def inner_step(frozen: bool):
+    def inner_step(frozen: bool, switched: bool = False):
         for p in params:
             p.requires_grad_(not frozen)
-        xr, g = input_grad(create_graph=True)
+        with second_order_convs(model) if switched else nullcontext():
+            xr, g = input_grad(create_graph=True)
         torch.autograd.grad(g.abs().sum(), xr)
         for p in params:
             p.requires_grad_(True)
@@ -96,7 +102,9 @@ def breakdown(model, x, y, device, repeats: int) -> list[list[object]]:
 
     pieces = {"forward": forward, "input gradient": lambda: input_grad(), "weight gradient (PGD-AT's last pass)":
               weight_grad, "inner step (double backward)": lambda: inner_step(False),
-              "inner step, weights frozen": lambda: inner_step(True), "outer pass (CE + regulariser)": outer_pass}
+              "inner step, weights frozen": lambda: inner_step(True),
+              "the same, convolutions switched (flatplug's)": lambda: inner_step(True, switched=True),
+              "outer pass (CE + regulariser)": outer_pass}
     cpu: dict[str, list[float]] = {}
     times, _ = C.interleaved({k: (lambda _r, f=f: f()) for k, f in pieces.items()}, repeats, device, cpu=cpu)
     return [C.time_cpu_row(k, times[k], cpu[k]) for k in pieces]

@@ -129,3 +129,43 @@ def test_autocast_and_unbatched_inputs_take_the_stock_path():
     assert torch.allclose(unbatched, conv(x), atol=1e-6)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert cast.dtype == torch.bfloat16 and torch.equal(cast, conv(x[None]))
+
+
+def _graph_nodes(root) -> set[str]:
+    seen, stack, names = set(), [root], set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.add(type(node).__name__)
+        stack.extend(f for f, _ in node.next_functions)
+    return names
+
+
+@pytest.mark.parametrize("name", ["2d-stride2-odd", "2d-dilation-groups", "1d"])
+@pytest.mark.parametrize("frozen", [True, False], ids=["ascent (weights frozen)", "regulariser (weights too)"])
+@pytest.mark.parametrize("q", [1.0, 2.0])
+def test_input_gradient_norm_derivatives_match_stock_autograd(name, frozen, q):
+    """``gradient_norms(create_graph=True)``, the LFR ascent's and regulariser's double backward,
+    records the switched convolutions, and the derivatives of ``||grad_x l||_q`` w.r.t. the input
+    (and the weights) equal those of the stock graph (float64, to rounding)."""
+    from flatplug._loss import cross_entropy
+    from flatplug.measures.local_flatness import gradient_norms
+
+    model, x, y = conv_net(name)
+    params = list(model.parameters())
+    for p in params:
+        p.requires_grad_(not frozen)
+    xs = x.clone().requires_grad_(True)
+    g = torch.autograd.grad(F.cross_entropy(model(xs), y, reduction="sum"), xs, create_graph=True)[0]
+    stock_norms = g.flatten(1).norm(p=q, dim=1)
+    wrt = [] if frozen else params
+    stock = flat(torch.autograd.grad(stock_norms.sum(), [xs] + wrt))
+
+    xp, norms = gradient_norms(model, x, y, cross_entropy, q, create_graph=True)
+    assert "_ConvolutionBackward" in _graph_nodes(norms.grad_fn)  # recorded by the switched convolutions
+    assert not any("_conv_forward" in vars(m) for m in model.modules())  # and the switch undone
+    assert torch.allclose(norms, stock_norms, rtol=RTOL, atol=0)
+    got = flat(torch.autograd.grad(norms.sum(), [xp] + wrt))
+    assert float((got - stock).abs().max()) <= RTOL * float(stock.abs().max())
