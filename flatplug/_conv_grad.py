@@ -5,7 +5,10 @@ A Hessian-vector product by double backward differentiates the first-order gradi
 and the derivative of that w.r.t. ``W`` (``_convolution_double_backward``) is a weight gradient
 that PyTorch computes as a *forward* convolution over transposed tensors: the feature maps play
 the kernel (a ``[C, N, H, W]`` input against a ``[C', N, H', W']`` "kernel"). oneDNN has no fast
-path for that shape, so on a CPU it takes about a quarter of an HVP on ``resnet4b``.
+path for that shape, so on a CPU it takes about a quarter of an HVP on ``resnet4b``. The same
+formula runs when only the *input* gradient was recorded and is differentiated w.r.t. the input
+(LFR's ascent on the input-gradient norm, weights frozen): it still computes that convolution over
+transposed feature maps, for nothing the caller asked for.
 
 :func:`second_order_convs` records the same first-order gradient differently: the input
 gradient as a transposed convolution ``convT(gO, W)`` and the weight gradient by the backends'
@@ -14,7 +17,9 @@ weight-gradient kernel with its derivatives written out (``conv(x, .)`` for ``gO
 the first layer, whose input needs no gradient). The derivatives are then convolutions,
 transposed convolutions and ordinary weight gradients, all on the backends' fast kernels. The
 function computed, the gradient and the Hessian are the same up to float rounding (about 1e-7
-relative in float32; tested against the stock graph and dense Hessians).
+relative in float32; tested against the stock graph and dense Hessians). Used by
+:class:`flatplug.hvp.HessianOperator` and by the input-gradient-norm double backward of
+:func:`flatplug.measures.local_flatness.gradient_norms`.
 
 Only stock ``nn.Conv1d/2d/3d`` with ``padding_mode="zeros"`` and numeric padding are switched,
 and only outside autocast; the switch is an instance attribute (``_conv_forward``) removed on
