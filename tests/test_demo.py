@@ -102,8 +102,8 @@ def _readme_claims() -> dict[str, tuple[float, float]]:
 
 def test_readme_demo_correlations_are_what_the_demo_produces(tmp_path, monkeypatch):
     """Guards against README claims that `make demo` does not reproduce (issue 17; a stale claim
-    more than two steps outside what the demo gives fails), and against the README's `flatplug report` command failing
-    after the demo (issue 11: two default store names)."""
+    more than two steps outside what the demo gives fails), and against the README's
+    `flatplug report` command failing after the demo (issue 11: two default store names)."""
     claims = _readme_claims()
     monkeypatch.chdir(tmp_path)
     threads = torch.get_num_threads()
