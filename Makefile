@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/relative_flatness_closed_form.py
 	$(BIN)/python benchmarks/hessian_vs_pyhessian.py
 	$(BIN)/python benchmarks/hvp_cost.py
+	$(BIN)/python benchmarks/batchnorm_graph.py
 	$(BIN)/python benchmarks/training_steps.py
 	$(BIN)/python benchmarks/ray_executor.py
 	$(BIN)/python benchmarks/gpu_scoring.py --n 4 --hvp-batch 4 --repeats 3 --lanczos-iters 5 --probes 2

@@ -7,8 +7,10 @@ w.r.t. all parameters (``torch.autograd.grad``). A Hessian-vector product is
 * ``hvp="double-backward"``, ``cache_graph=True`` (what ``hvp="auto"`` does on one batch): the
   batch's first-order graph is built once (on the first product, reported on its own line) and
   kept, so each product is one double backward (Pearlmutter's reverse-over-reverse);
-* the same with the stock autograd graph (``flatplug._conv_grad.second_order_convs`` switched
-  off), to show what recording the convolutions with fast derivatives saves;
+* the same with the stock autograd graph (``flatplug._second_order.second_order_layers``
+  switched off), to show what recording the convolutions and BatchNorm layers with fast
+  derivatives saves; on a model with BatchNorm also with only the BatchNorm switch off (the
+  convolutions still switched), to show that switch's share;
 * ``hvp="double-backward"``, ``cache_graph=False``: every product does its own forward, backward
   with ``create_graph`` and double backward, as when the data stream in several batches;
 * ``hvp="forward-over-reverse"``: ``torch.func.jvp`` of ``torch.func.grad`` of the loss as a
@@ -19,7 +21,8 @@ convolutional model on a CPU, where oneDNN is faster on it), so both sides get t
 All are timed interleaved, ``--repeats`` times, on each of ``--models``: the real pretrained
 ``resnet4b`` of the shared zoo, and a WideResNet-28-10 built by RobustBench's constructor (as
 ``benchmarks/gpu_scoring.py`` builds it; random weights: timings do not depend on them) on a
-smaller batch (``--wrn-n``) since a CPU is slow on it. Images are real CIFAR-10 test images.
+smaller batch (``--wrn-n``) since a CPU is slow on it. Any ``wrn-DEPTH-WIDTH`` (``wrn-16-4``) builds
+that WideResNet with the same constructor. Images are real CIFAR-10 test images.
 Reported: median seconds, the ratios of the medians to the gradient (and the median of the
 per-round ratios), and which way of computing a product is the faster on each model.
 
@@ -27,10 +30,12 @@ On a CPU the script runs torch with one thread by default (``--threads 0``: torc
 
     .venv/bin/python benchmarks/hvp_cost.py [--device cpu] [--n 128] [--repeats 10] [--threads 1]
     .venv/bin/python benchmarks/hvp_cost.py --models resnet4b            # resnet4b only (faster)
+    .venv/bin/python benchmarks/hvp_cost.py --models wrn-16-4 --wrn-n 32 --wrn-repeats 9  # a BatchNorm model
 """
 
 from __future__ import annotations
 
+import re
 import statistics
 from contextlib import nullcontext
 
@@ -38,16 +43,20 @@ import torch
 import torch.nn.functional as F
 
 import _common as C
+from flatplug._conv_grad import second_order_convs
 from flatplug.ext import preserved
 from flatplug.hvp import HessianOperator
 
 GOAL = 2.0  # one HVP (the default path) / one gradient on resnet4b
 STOCK = "HVP double backward, cached stock autograd graph"
+STOCK_BN = "HVP double backward, cached graph, BatchNorm graph stock"
 WRN = "wrn-28-10"
+WRN_NAME = re.compile(r"wrn-(\d+)-(\d+)")
 
 
-def wide_resnet_28_10(device: torch.device) -> torch.nn.Module:
-    return C.robustbench_wide_resnet().to(device).eval()
+def wide_resnet(name: str, device: torch.device) -> torch.nn.Module:
+    depth, width = map(int, WRN_NAME.fullmatch(name).groups())
+    return C.robustbench_wide_resnet(depth, width).to(device).eval()
 
 
 def measure(name: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, repeats: int,
@@ -65,6 +74,10 @@ def measure(name: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
             "HVP forward-over-reverse (torch.func)": HessianOperator(model, (x, y), hvp="forward-over-reverse"),
         }
         ops[STOCK]._recording = lambda create_graph: nullcontext()  # type: ignore[method-assign]
+        if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+            ops[STOCK_BN] = HessianOperator(model, (x, y), hvp="double-backward", cache_graph=True)
+            ops[STOCK_BN]._recording = (  # type: ignore[method-assign]
+                lambda create_graph: second_order_convs(model) if create_graph else nullcontext())
         xg = next(ops[STOCK]._iter())[0]  # the batch in the operator's layout
         vectors = [torch.randn(dim, generator=gen).to(device) for _ in range(repeats + 1)]
 
@@ -96,9 +109,10 @@ def measure(name: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
 def main() -> None:
     p = C.parser(__doc__.splitlines()[0], repeats=10, n=128, threads=1)
     p.add_argument("--models", nargs="+", default=["resnet4b", WRN],
-                   help=f"zoo model names and/or {WRN!r} (RobustBench's constructor, random weights)")
-    p.add_argument("--wrn-n", type=int, default=4, help=f"batch size for {WRN} (slow on a CPU)")
-    p.add_argument("--wrn-repeats", type=int, default=3, help=f"timed repeats for {WRN}")
+                   help=f"zoo model names and/or {WRN!r} or any wrn-DEPTH-WIDTH (RobustBench's constructor, "
+                        "random weights)")
+    p.add_argument("--wrn-n", type=int, default=4, help="batch size for the WideResNets (slow on a CPU)")
+    p.add_argument("--wrn-repeats", type=int, default=3, help="timed repeats for the WideResNets")
     args = p.parse_args()
     device = C.setup(args)
     C.header("one Hessian-vector product vs one gradient: double backward vs forward-over-reverse", args, device,
@@ -106,8 +120,8 @@ def main() -> None:
 
     results = []
     for name in args.models:
-        if name == WRN:
-            model = wide_resnet_28_10(device)
+        if WRN_NAME.fullmatch(name):
+            model = wide_resnet(name, device)
             n, repeats = args.wrn_n, args.wrn_repeats
         else:
             model = C.load_model(argparse_with(args, name), device)
@@ -126,7 +140,7 @@ def main() -> None:
         rows.append(["first cached HVP (builds the graph once)", res["build"], res["build"], res["build"], 1,
                      res["build_cpu"]])
         print(C.table(C.CPU_HEADERS, rows))
-        print(f"the four ways give the same product: largest relative difference {res['agree']:.1e}")
+        print(f"all ways give the same product: largest relative difference {res['agree']:.1e}")
         if res["fell_back"]:
             print(f"NOTE: fell back to the double backward: {res['fell_back']}")
         ratios = {}
@@ -139,6 +153,12 @@ def main() -> None:
                 goal = f"; goal <= {GOAL:.1f}x: {C.verdict(ratios[name] <= GOAL)}"
             print(f"  {name} / gradient: {ratios[name]:.2f}x (median of per-round ratios {paired:.2f}x; "
                   f"CPU time {cpu_ratio:.2f}x{goal})")
+        default = "HVP double backward, cached graph (default)"
+        for other, what in ((STOCK, "the whole stock graph"), (STOCK_BN, "the stock BatchNorm graph")):
+            if other in times:
+                paired = statistics.median(d / o for d, o in zip(times[default], times[other]))
+                print(f"  per product, flatplug's graph / {what}: {C.median(times[default]) / C.median(times[other]):.2f}x"
+                      f" (median of per-round ratios {paired:.2f}x)")
         db, fr = ratios["HVP double backward, no cached graph"], ratios["HVP forward-over-reverse (torch.func)"]
         print(f"  per product without a kept graph, the faster is {'forward-over-reverse' if fr < db else 'the double backward'}"
               f" ({min(db, fr):.2f}x vs {max(db, fr):.2f}x); with one batch the cached double backward "

@@ -43,10 +43,10 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from .._conv_grad import second_order_convs
 from .._data import Batches, cpu_channels_last, model_device_dtype
 from .._loss import LossFn, per_sample_loss, resolve_loss
 from .._progress import progress
+from .._second_order import second_order_layers
 from .._state import preserved
 from .._validation import check_choice, check_inputs, check_labels, check_logits
 from ..attacks import ascent_step, project
@@ -140,16 +140,19 @@ def gradient_norms(model, xp: torch.Tensor, y: torch.Tensor, loss_fn: LossFn, q:
     validate the logits against the labels (skipped on repeat calls for the same batch: it reads
     the labels back from the device).
 
-    With ``create_graph`` the model's convolutions record their gradients with
-    :func:`flatplug._conv_grad.second_order_convs` (the same values up to float rounding): stock
-    autograd differentiates a recorded input gradient with ``_convolution_double_backward``, which
-    runs an extra convolution over transposed feature maps per layer even when the weights are
-    frozen (the ascent's case). On ``resnet4b`` (CPU, one thread) an inner ascent step takes 0.79x
-    the stock graph's time, and an LFR training step went from 1.06x to 0.66x the official
-    algorithm's (``benchmarks/training_steps.py --breakdown``)."""
+    With ``create_graph`` the model's convolutions and eval-mode BatchNorm layers record their
+    gradients with :func:`flatplug._second_order.second_order_layers` (the same values up to float
+    rounding): stock autograd differentiates a recorded input gradient with
+    ``_convolution_double_backward``, which runs an extra convolution over transposed feature maps
+    per layer even when the weights are frozen (the ascent's case), and its BatchNorm double
+    backward hands channels_last convolutions NCHW tensors. On ``resnet4b`` (CPU, one thread) an
+    inner ascent step takes 0.79x the stock graph's time, and an LFR training step went from 1.06x
+    to 0.66x the official algorithm's (``benchmarks/training_steps.py --breakdown``);
+    ``local_flatness`` on a WideResNet-16-4 in eval mode (32 images) takes 0.8-0.9x the time it
+    takes with the BatchNorm layers stock (``benchmarks/batchnorm_graph.py``)."""
     xp = xp.detach().requires_grad_(True)
     zeros = torch.zeros(y.shape[0], dtype=xp.dtype, device=xp.device)
-    switch = second_order_convs(model) if create_graph and isinstance(model, nn.Module) else nullcontext()
+    switch = second_order_layers(model) if create_graph and isinstance(model, nn.Module) else nullcontext()
     with torch.enable_grad(), switch:
         logits = model(xp)
         losses = per_sample_loss(loss_fn, check_logits(logits, y) if check else logits, y)
