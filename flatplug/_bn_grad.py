@@ -33,6 +33,8 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.lazy import LazyModuleMixin
 
+from ._switch import instance_override
+
 __all__ = ["second_order_batchnorms"]
 
 
@@ -105,11 +107,5 @@ def second_order_batchnorms(model: nn.Module) -> Iterator[int]:
     """Within the block, ``model``'s BatchNorm layers in eval mode record gradient graphs whose
     derivatives keep the activations' layout. Yields how many layers were switched. Graphs built
     inside stay valid after the block."""
-    switched = [m for m in model.modules() if _switchable(m)]
-    for m in switched:
-        m.forward = _forward_of(m)  # type: ignore[method-assign]
-    try:
-        yield len(switched)
-    finally:
-        for m in switched:
-            vars(m).pop("forward", None)
+    with instance_override([m for m in model.modules() if _switchable(m)], "forward", _forward_of) as switched:
+        yield switched

@@ -34,6 +34,8 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from ._switch import instance_override
+
 __all__ = ["second_order_convs"]
 
 _STOCK = {cls: cls._conv_forward for cls in (nn.Conv1d, nn.Conv2d, nn.Conv3d)}
@@ -127,11 +129,5 @@ def second_order_convs(model: nn.Module) -> Iterator[int]:
 
     Yields how many convolutions were switched. Graphs built inside stay valid after the block.
     """
-    switched = [m for m in model.modules() if _switchable(m)]
-    for m in switched:
-        m._conv_forward = _forward_of(m)  # type: ignore[method-assign]
-    try:
-        yield len(switched)
-    finally:
-        for m in switched:
-            vars(m).pop("_conv_forward", None)
+    with instance_override([m for m in model.modules() if _switchable(m)], "_conv_forward", _forward_of) as switched:
+        yield switched

@@ -57,6 +57,60 @@ def dense_hessian(model: nn.Module, x: torch.Tensor, y: torch.Tensor, names: lis
     return h
 
 
+def assert_operator_matches_dense(model: nn.Module, x: torch.Tensor, y: torch.Tensor, rtol: float, seed: int,
+                                  names: list[str] | None = None) -> None:
+    """``HessianOperator`` products equal the dense Hessian's (float64 models: to ``rtol`` of the
+    largest entry): cached on one batch, streamed over two batches and uncached; with ``names``,
+    w.r.t. those parameters only (cached)."""
+    from flatplug._state import preserved
+    from flatplug.hvp import HessianOperator
+
+    dense = dense_hessian(model, x, y, names=names)
+    v = torch.randn(dense.shape[0], generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    expected = dense @ v
+    ways = [((x, y), "auto")] if names else [((x, y), "auto"), ([(x[:2], y[:2]), (x[2:], y[2:])], "auto"), ((x, y), False)]
+    for data, cache in ways:
+        with preserved(model):
+            hv = HessianOperator(model, data, params=names, cache_graph=cache).matvec(v)
+        assert float((hv - expected).abs().max()) <= rtol * float(expected.abs().max())
+
+
+def switched_against_stock(model: nn.Module, x: torch.Tensor, y: torch.Tensor, switch, rtol: float,
+                           switched: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Records the gradient of ``model`` (float64) on the stock graph and inside ``switch(model)``
+    (a context manager yielding how many layers it switched, checked against ``switched``); the
+    gradients (input included) must agree and the switched graph's Hessian-vector products equal
+    the dense Hessian's, to ``rtol`` of the largest entry. Returns (switched output, stock output)."""
+    params = list(model.parameters())
+    dense = dense_hessian(model, x, y)
+    x = x.clone().requires_grad_(True)
+    stock_out = model(x)
+    stock = torch.cat([g.reshape(-1) for g in torch.autograd.grad(F.cross_entropy(stock_out, y), [x] + params)])
+    with switch(model) as count:
+        out = model(x)
+        grads = torch.autograd.grad(F.cross_entropy(out, y), [x] + params, create_graph=True)
+    assert count == switched
+    flat = torch.cat([g.detach().reshape(-1) for g in grads])
+    assert float((flat - stock).abs().max()) <= rtol * float(stock.abs().max())
+    v = torch.randn(dense.shape[0], generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    vs = [c.reshape(p.shape) for c, p in zip(torch.split(v, [p.numel() for p in params]), params)]
+    hv = torch.cat([h.reshape(-1) for h in torch.autograd.grad(grads[1:], params, grad_outputs=vs)])
+    expected = dense @ v
+    assert float((hv - expected).abs().max()) <= rtol * float(expected.abs().max())
+    return out.detach(), stock_out.detach()
+
+
+def stock_gradient_norm_derivatives(model: nn.Module, x: torch.Tensor, y: torch.Tensor, q: float,
+                                    wrt: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``||grad_x sum_i l_i||_q`` per sample on the stock autograd graph, and the flat derivatives
+    of their sum w.r.t. the input and ``wrt``: the reference for ``gradient_norms``."""
+    xs = x.clone().requires_grad_(True)
+    g = torch.autograd.grad(F.cross_entropy(model(xs), y, reduction="sum"), xs, create_graph=True)[0]
+    norms = g.flatten(1).norm(p=q, dim=1)
+    derivatives = torch.autograd.grad(norms.sum(), [xs] + wrt)
+    return norms.detach(), torch.cat([d.reshape(-1) for d in derivatives])
+
+
 @pytest.fixture
 def mlp() -> nn.Sequential:
     return tiny_mlp()

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from conftest import dense_hessian
+from conftest import assert_operator_matches_dense, stock_gradient_norm_derivatives, switched_against_stock
 from flatplug._bn_grad import second_order_batchnorms
 from flatplug._second_order import second_order_layers
 from flatplug._state import preserved
@@ -55,11 +54,6 @@ def flat(tensors) -> torch.Tensor:
     return torch.cat([t.reshape(-1) for t in tensors])
 
 
-def _hv(grads, params, v) -> torch.Tensor:
-    vs = [c.reshape(p.shape) for c, p in zip(torch.split(v, [p.numel() for p in params]), params)]
-    return flat(torch.autograd.grad(grads, params, grad_outputs=vs))
-
-
 @pytest.mark.parametrize("affine", [True, False], ids=["affine", "no affine"])
 @pytest.mark.parametrize("dim", [2, 3])
 def test_function_gradient_and_hessian_match_stock_autograd(affine, dim):
@@ -67,39 +61,16 @@ def test_function_gradient_and_hessian_match_stock_autograd(affine, dim):
     bit, the gradient (input included) equals the stock gradient and the Hessian-vector products
     of the graph recorded inside the block equal the dense Hessian's."""
     model, x, y = bn_net(affine, dim)
-    params = list(model.parameters())
-    dense = dense_hessian(model, x, y)
-    x = x.requires_grad_(True)
-    stock_out = model(x)
-    stock = torch.autograd.grad(F.cross_entropy(stock_out, y), [x] + params)
-    with second_order_batchnorms(model) as switched:
-        out = model(x)
-        grads = torch.autograd.grad(F.cross_entropy(out, y), [x] + params, create_graph=True)
-    assert switched == 3
+    out, stock_out = switched_against_stock(model, x, y, second_order_batchnorms, RTOL, switched=3)
     assert torch.equal(out, stock_out)
-    assert float((flat(grads).detach() - flat(stock)).abs().max()) <= RTOL * float(flat(stock).abs().max())
-    v = torch.randn(dense.shape[0], generator=torch.Generator().manual_seed(4), dtype=torch.float64)
-    hv = _hv(grads[1:], params, v)
-    expected = dense @ v
-    assert float((hv - expected).abs().max()) <= RTOL * float(expected.abs().max())
 
 
 def test_hessian_operator_products_match_the_dense_hessian():
     """The operator records with both switches (convolutions and BatchNorm): cached, streamed
     over batches, uncached, and on a subset of the parameters (a BatchNorm weight among them)."""
     model, x, y = bn_net()
-    dense = dense_hessian(model, x, y)
-    v = torch.randn(dense.shape[0], generator=torch.Generator().manual_seed(5), dtype=torch.float64)
-    for data, cache in (((x, y), "auto"), ([(x[:2], y[:2]), (x[2:], y[2:])], "auto"), ((x, y), False)):
-        with preserved(model):
-            hv = HessianOperator(model, data, cache_graph=cache).matvec(v)
-        assert float((hv - dense @ v).abs().max()) <= RTOL * float((dense @ v).abs().max())
-    names = ["0.1.weight", "0.1.bias", "0.3.weight", "3.weight"]
-    dense = dense_hessian(model, x, y, names=names)
-    v = torch.randn(dense.shape[0], generator=torch.Generator().manual_seed(6), dtype=torch.float64)
-    with preserved(model):
-        hv = HessianOperator(model, (x, y), params=names).matvec(v)
-    assert float((hv - dense @ v).abs().max()) <= RTOL * float((dense @ v).abs().max())
+    assert_operator_matches_dense(model, x, y, RTOL, seed=5)
+    assert_operator_matches_dense(model, x, y, RTOL, seed=6, names=["0.1.weight", "0.1.bias", "0.3.weight", "3.weight"])
 
 
 def test_convolutions_get_channels_last_operands_through_the_double_backward():
@@ -207,11 +178,8 @@ def test_input_gradient_norm_derivatives_match_stock_autograd(frozen):
     params = list(model.parameters())
     for p in params:
         p.requires_grad_(not frozen)
-    xs = x.clone().requires_grad_(True)
-    g = torch.autograd.grad(F.cross_entropy(model(xs), y, reduction="sum"), xs, create_graph=True)[0]
-    stock_norms = g.flatten(1).norm(p=1, dim=1)
     wrt = [] if frozen else params
-    stock = flat(torch.autograd.grad(stock_norms.sum(), [xs] + wrt))
+    stock_norms, stock = stock_gradient_norm_derivatives(model, x, y, 1.0, wrt)
 
     seen = []
     hook = nn.modules.module.register_module_forward_hook(

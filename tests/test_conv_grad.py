@@ -6,13 +6,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from conftest import dense_hessian
+from conftest import assert_operator_matches_dense, stock_gradient_norm_derivatives, switched_against_stock
 from flatplug._conv_grad import second_order_convs
-from flatplug._state import preserved
-from flatplug.hvp import HessianOperator
 
 # float64 products of Hessians with a few hundred entries: agreement to rounding
 RTOL = 1e-10
@@ -53,46 +50,23 @@ def test_function_gradient_and_hessian_match_stock_autograd(name):
     that leave a remainder (the transposed convolution's output padding), dilation, groups,
     asymmetric kernels and padding, no bias, and 1-D/3-D convolutions."""
     model, x, y = conv_net(name)
-    params = list(model.parameters())
-    dense = dense_hessian(model, x, y)
-    x = x.requires_grad_(True)  # the input gradient too (the transposed convolution on the first layer)
-    stock_out = model(x)
-    stock = torch.autograd.grad(F.cross_entropy(stock_out, y), [x] + params)
-    with second_order_convs(model) as switched:
-        out = model(x)
-        grads = torch.autograd.grad(F.cross_entropy(out, y), [x] + params, create_graph=True)
-    assert switched == 2
+    # (the input gradient too: the transposed convolution on the first layer)
+    out, stock_out = switched_against_stock(model, x, y, second_order_convs, RTOL, switched=2)
     assert torch.allclose(out, stock_out, rtol=0, atol=1e-12)
-    assert torch.allclose(flat(grads), flat(stock), rtol=0, atol=1e-12)
-    v = torch.randn(dense.shape[0], generator=torch.Generator().manual_seed(4), dtype=torch.float64)
-    vs = [c.reshape(p.shape) for c, p in zip(torch.split(v, [p.numel() for p in params]), params)]
-    hv = flat(torch.autograd.grad(grads[1:], params, grad_outputs=vs))
-    expected = dense @ v
-    assert float((hv - expected).abs().max()) <= RTOL * float(expected.abs().max())
 
 
 def test_hessian_operator_products_match_the_dense_hessian_on_every_layout():
     """The operator records its graphs with switched convolutions; cached, streamed over batches
     and uncached it gives the dense Hessian's products (CPU: channels_last batches)."""
     model, x, y = conv_net("2d-dilation-groups")
-    dense = dense_hessian(model, x, y)
-    v = torch.randn(dense.shape[0], generator=torch.Generator().manual_seed(5), dtype=torch.float64)
-    for data, cache in (((x, y), "auto"), ([(x[:2], y[:2]), (x[2:], y[2:])], "auto"), ((x, y), False)):
-        with preserved(model):
-            hv = HessianOperator(model, data, cache_graph=cache).matvec(v)
-        assert float((hv - dense @ v).abs().max()) <= RTOL * float((dense @ v).abs().max())
+    assert_operator_matches_dense(model, x, y, RTOL, seed=5)
 
 
 def test_products_on_a_subset_of_the_parameters_match_the_dense_hessian():
     """With only some weights selected, the other convolutions have frozen weights (their input
     gradient alone is recorded) and the selected ones the full gradient node."""
     model, x, y = conv_net("2d-stride2-odd")
-    names = ["0.2.weight", "0.2.bias", "2.weight"]
-    dense = dense_hessian(model, x, y, names=names)
-    v = torch.randn(dense.shape[0], generator=torch.Generator().manual_seed(6), dtype=torch.float64)
-    with preserved(model):
-        hv = HessianOperator(model, (x, y), params=names).matvec(v)
-    assert float((hv - dense @ v).abs().max()) <= RTOL * float((dense @ v).abs().max())
+    assert_operator_matches_dense(model, x, y, RTOL, seed=6, names=["0.2.weight", "0.2.bias", "2.weight"])
 
 
 def test_the_switch_is_undone_and_leaves_what_it_cannot_handle_alone():
@@ -157,11 +131,8 @@ def test_input_gradient_norm_derivatives_match_stock_autograd(name, frozen, q):
     params = list(model.parameters())
     for p in params:
         p.requires_grad_(not frozen)
-    xs = x.clone().requires_grad_(True)
-    g = torch.autograd.grad(F.cross_entropy(model(xs), y, reduction="sum"), xs, create_graph=True)[0]
-    stock_norms = g.flatten(1).norm(p=q, dim=1)
     wrt = [] if frozen else params
-    stock = flat(torch.autograd.grad(stock_norms.sum(), [xs] + wrt))
+    stock_norms, stock = stock_gradient_norm_derivatives(model, x, y, q, wrt)
 
     xp, norms = gradient_norms(model, x, y, cross_entropy, q, create_graph=True)
     assert "_ConvolutionBackward" in _graph_nodes(norms.grad_fn)  # recorded by the switched convolutions
