@@ -193,3 +193,53 @@ def test_input_gradient_norm_derivatives_match_stock_autograd(frozen):
     assert torch.allclose(norms, stock_norms, rtol=RTOL, atol=0)
     got = flat(torch.autograd.grad(norms.sum(), [xp] + wrt))
     assert float((got - stock).abs().max()) <= RTOL * float(stock.abs().max())
+
+
+@pytest.fixture(scope="module")
+def cifar_bn_cnn():
+    """A small conv + BatchNorm net trained for one epoch on 256 real CIFAR-10 images (real running
+    statistics), in eval mode, and 64 other real images to measure on (channels_last on a CPU)."""
+    import flatplug as fp
+    from conftest import shared_path
+    from flatplug.sources import load_imagefolder
+
+    data = load_imagefolder(shared_path("data", "cifar10", "test.tar.gz"), n=320, seed=0)
+    x, y = data.x, data.y
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
+                          nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
+                          nn.Conv2d(32, 32, 3, stride=2, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+                          nn.AvgPool2d(4), nn.Flatten(), nn.Linear(32, 10))
+    batches = [(x[i:i + 32], y[i:i + 32]) for i in range(0, 256, 32)]
+    fp.train(model, batches, method="standard", epochs=1, quiet=True, seed=0)
+    return model.eval(), x[256:], y[256:]
+
+
+def test_defaults_on_real_cifar10_agree_with_the_stock_graph(cifar_bn_cnn, monkeypatch):
+    """The path a user takes, defaults only (plus the radius), on real images: the top Hessian
+    eigenvalue, the Hessian trace's estimate and local flatness with the switched BatchNorm layers
+    equal those computed on the stock BatchNorm graph (float32: to rounding, amplified a little by
+    Lanczos and by the ascent)."""
+    import importlib
+
+    from flatplug._conv_grad import second_order_convs
+    from flatplug.measures import hessian_eigenvalues, hessian_trace, local_flatness
+
+    model, x, y = cifar_bn_cnn
+    switched = []
+    hook = nn.modules.module.register_module_forward_hook(
+        lambda m, i, o: switched.append(o.grad_fn.name()) if isinstance(m, nn.BatchNorm2d) and o.grad_fn else None)
+    try:
+        ours = [hessian_eigenvalues(model, (x, y)).value, hessian_trace(model, (x, y)).value,
+                local_flatness(model, (x, y), eps=8 / 255, quiet=True).value]
+    finally:
+        hook.remove()
+    assert "_BatchNormEvalBackward" in switched  # (first-order-only passes stay stock: NativeBatchNormBackward0)
+    monkeypatch.setattr(importlib.import_module("flatplug.hvp"), "second_order_layers", second_order_convs)
+    monkeypatch.setattr(importlib.import_module("flatplug.measures.local_flatness"), "second_order_layers",
+                        second_order_convs)
+    stock = [hessian_eigenvalues(model, (x, y)).value, hessian_trace(model, (x, y)).value,
+             local_flatness(model, (x, y), eps=8 / 255, quiet=True).value]
+    assert all(v > 0 for v in stock)
+    for a, b in zip(ours, stock):
+        assert abs(a - b) <= 1e-5 * abs(b), (ours, stock)
