@@ -26,7 +26,7 @@ about 16% less time); the numbers are the same up to float rounding. The gradien
 the double backward differentiates is recorded with :func:`flatplug._second_order.second_order_layers`,
 whose convolutions and eval-mode BatchNorm layers have fast derivatives (on a CPU a product takes
 0.87x the stock graph's time on resnet4b and 0.78x on oval_wide: ``benchmarks/hvp_cost.py``, its
-"stock autograd graph" row; the BatchNorm part alone 0.79x on a WideResNet-16-4 at batch 32).
+"stock autograd graph" row; the BatchNorm part alone 0.83x on a WideResNet-16-4 at batch 32).
 
 Callers wrap the operator's whole life in :func:`flatplug._state.preserved`: the operator turns
 ``requires_grad`` on for the selected parameters and off for the others, and ``preserved`` puts
