@@ -14,7 +14,8 @@ the gradient, ``torch.func.jvp`` over ``torch.func.grad`` of the loss as a funct
 parameters (``torch.func.functional_call``): no graph is kept, but every product redoes the
 forward and backward passes. Measured on the CPU (``benchmarks/hvp_cost.py``) the double
 backward with its kept graph is faster on both resnet4b and WideResNet-28-10 (1.8x and 2.3x a
-gradient, against 3.3x and 3.4x; without a kept graph the two are within 5% of each other), so
+gradient, against 3.3x and 3.4x; without a kept graph the two are within about 10% of each other,
+either way round), so
 ``"auto"`` uses it; a model whose
 forward the ``torch.func`` transforms cannot run (in-place updates of captured tensors, ``.item()``
 on parameters, BatchNorm in train mode) falls back to the double backward with a warning.
