@@ -46,6 +46,8 @@ from typing import Callable
 
 import torch
 
+from ._validation import all_finite
+
 __all__ = ["LanczosResult", "STOPPING", "lanczos", "ritz_error_bounds", "tridiagonal", "tridiagonal_quadrature"]
 
 _WHICH = ("largest", "smallest", "magnitude")
@@ -236,7 +238,7 @@ def lanczos(
             basis = grown
         basis[j] = q
         w = matvec(q).to(device=device, dtype=dtype)
-        if not torch.isfinite(w).all():
+        if not all_finite(w):
             raise FloatingPointError(
                 f"lanczos: the operator returned non-finite values at step {j + 1}; check the model and loss for NaN/inf"
             )

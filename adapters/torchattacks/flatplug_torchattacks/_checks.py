@@ -20,9 +20,9 @@ def check_images(attack, images: torch.Tensor) -> torch.Tensor:
     """Floating, finite, batched images in [0, 1]; returns them (clamped if only rounding strayed)."""
     normalized = getattr(attack, "normalization_used", None) is not None
     where = f"{attack.attack}: images"
-    check_inputs(images, name=where)
+    check_inputs(images, name=where, unit_range=not normalized)
     if normalized:
-        lo, hi = float(images.min()), float(images.max())
+        lo, hi = map(float, torch.aminmax(images))
         if lo < -NORMALIZED_TOLERANCE or hi > 1 + NORMALIZED_TOLERANCE:
             raise ValueError(
                 f"{where}: after undoing the normalisation set with set_normalization_used, expected images in "
@@ -30,7 +30,6 @@ def check_images(attack, images: torch.Tensor) -> torch.Tensor:
                 "(torchattacks' convention), or drop set_normalization_used and pass [0, 1] images"
             )
         return images.clamp(0, 1)
-    check_inputs(images, name=where, unit_range=True)
     return images
 
 
