@@ -210,6 +210,36 @@ def test_bad_input_is_a_clear_error(name, case):
         attack(bad_x, bad_y)
 
 
+def test_the_class_count_probe_runs_on_two_images_and_reports_a_bad_output_shape():
+    """The label-range check learns the number of classes from a no-grad pass over the first two
+    images only (not a whole extra forward pass per call); a model ending in ``squeeze()`` still
+    gives ``[2, classes]`` there, and a model that returns no class dimension is a clear error."""
+    net = model()
+    sizes = []
+    handle = net.register_forward_pre_hook(lambda mod, inp: sizes.append((inp[0].shape[0], torch.is_grad_enabled())))
+    x, y = images(8)
+    LocalFlatnessPGD(net, steps=1)(x, y)
+    handle.remove()
+    assert (2, False) in sizes and (8, False) not in sizes
+
+    class Squeezed(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, t):
+            return self.inner(t).squeeze()
+
+    assert LocalFlatnessPGD(Squeezed(net), steps=1)(x, y).shape == x.shape
+
+    class Flat(Squeezed):
+        def forward(self, t):
+            return self.inner(t)[:, 0]
+
+    with pytest.raises(ValueError, match=r"expected the model to return logits of shape \[2, classes\], got \(2,\)"):
+        LocalFlatnessPGD(Flat(net), steps=1)(x, y)
+
+
 def test_out_of_range_images_with_set_normalization_used_are_a_clear_error():
     bare, _, mean, std = _normalized_pair()
     x, y = images(4)

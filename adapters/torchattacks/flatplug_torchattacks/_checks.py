@@ -65,9 +65,9 @@ def check_logits_shape(attack, logits: object, n: int) -> torch.Tensor:
 def validate(attack, images: torch.Tensor, labels: torch.Tensor | None, *, check_range: bool = True):
     """All checks of one ``forward(images, labels)`` call; returns ``(images, labels)`` to attack.
 
-    With ``check_range`` the model is run once (eval mode, no grad) to learn its number of
-    classes, so that labels beyond it are reported here rather than as an index error deep
-    inside the attack.
+    With ``check_range`` the model is run once (eval mode, no grad, on the first two images) to
+    learn its number of classes, so that labels beyond it are reported here rather than as an
+    index error deep inside the attack.
     """
     images = check_images(attack, images)
     check_attack_labels(attack, labels, images.shape[0])
@@ -79,14 +79,18 @@ def validate(attack, images: torch.Tensor, labels: torch.Tensor | None, *, check
 def num_classes(attack, images: torch.Tensor) -> int:
     """The model's number of outputs, from one forward pass in eval mode without gradients.
 
+    The pass runs on the first two images only (the number of outputs does not depend on the
+    batch; two rather than one, so that a model ending in ``squeeze()`` still returns
+    ``[2, classes]``): on the whole batch it cost a full extra forward pass per attack call.
     Eval mode keeps batch-norm statistics untouched; every module's mode is restored after.
     """
     device = getattr(attack, "device", None) or images.device
+    probe = images[:2]
     modes = [(m, m.training) for m in attack.model.modules()]
     attack.model.eval()
     try:
         with torch.no_grad():
-            logits = check_logits_shape(attack, attack.get_logits(images.to(device)), images.shape[0])
+            logits = check_logits_shape(attack, attack.get_logits(probe.to(device)), probe.shape[0])
     finally:
         for module, mode in modes:
             module.training = mode
