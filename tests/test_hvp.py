@@ -417,3 +417,60 @@ def test_weight_dependent_loss_keeps_its_weight_term_with_either_mode():
                              hvp="forward-over-reverse")
         assert close(op.matvec(v), dense_hessian(model, x, y) @ v, scale)
         assert op.hvp == "forward-over-reverse"
+
+
+# -- cache_graph="auto" over several batches --------------------------------------------------
+class _NoLen:
+    """An iterable of batches without ``__len__`` (a generator-like stream that can be re-read)."""
+
+    def __init__(self, batches):
+        self._batches = batches
+
+    def __iter__(self):
+        return iter(self._batches)
+
+
+@pytest.mark.parametrize("case", ["fits", "no room", "memory unreadable", "no length"])
+def test_auto_keeps_the_graphs_of_several_batches_only_when_they_fit(case, monkeypatch):
+    """With several batches ``cache_graph="auto"`` keeps all their graphs when the first batch's
+    graph, times the batches left, fits in the allowed share of the available memory; with no
+    room, memory it cannot read, or a data stream whose length is unknown it streams. Products
+    equal the dense Hessian's either way."""
+    import importlib
+
+    hvp = importlib.import_module("flatplug.hvp")
+    model, (x, y) = tiny_mlp(), tiny_batch()
+    data = three_batches(x, y)
+    if case == "no room":
+        monkeypatch.setattr(hvp, "memory_available", lambda device: 0)
+        monkeypatch.setattr(hvp, "memory_in_use", functools.partial(next, iter([0, 1 << 20])))  # 1 MiB a batch
+    elif case == "memory unreadable":
+        monkeypatch.setattr(hvp, "memory_in_use", lambda device: None)
+    elif case == "no length":
+        data = _NoLen(data)
+    dense = full_hessian()
+    v = torch.randn(39, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    with preserved(model):
+        op = HessianOperator(model, data)
+        assert close(op.matvec(v), dense @ v, float(dense.abs().max() * v.abs().max()) * 39)
+        assert close(op.matvec(2 * v), dense @ (2 * v), float(dense.abs().max() * v.abs().max()) * 78)
+        assert (op._cached is not None) == (case == "fits")
+
+
+def test_memory_readings_follow_a_real_allocation():
+    """``memory_in_use`` on a CPU grows by about what a touched 256 MiB tensor takes, and
+    ``memory_available`` reports the machine's MemAvailable (read here independently)."""
+    from pathlib import Path
+
+    from flatplug._memory import memory_available, memory_in_use
+
+    cpu = torch.device("cpu")
+    if not Path("/proc/self/statm").exists():
+        pytest.skip("no /proc on this system: the readings are None there and the operator streams")
+    before = memory_in_use(cpu)
+    block = torch.ones(64 << 20)  # 256 MiB, every page touched
+    grown = memory_in_use(cpu) - before
+    assert 200 << 20 <= grown <= 320 << 20
+    del block
+    meminfo = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in Path("/proc/meminfo").read_text().splitlines()}
+    assert abs(memory_available(cpu) - meminfo["MemAvailable"]) <= 64 << 20
