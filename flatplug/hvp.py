@@ -2,8 +2,9 @@
 
 The Hessian is that of ``L(w) = (1/N) sum_i loss_i(w)`` over *all* N samples of ``data`` with
 respect to the selected parameters (Pearlmutter 1994, "Fast exact multiplication by the Hessian").
-Each product is the double backward ``d/dw <grad L(w), v>``; over several batches the products
-are accumulated batch by batch (weight ``n_b / N``), so only one batch's graph is alive at a time.
+Each product is the double backward ``d/dw <grad L(w), v>``; over several batches whose graphs
+are not kept (below) the products are accumulated batch by batch (weight ``n_b / N``), so only
+one batch's graph is alive at a time.
 
 With a single batch (or ``cache_graph=True``) the first-order graph ``grad L`` is built once with
 ``create_graph=True`` and kept, so every further product costs one double backward instead of a
