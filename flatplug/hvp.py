@@ -10,7 +10,8 @@ With a single batch (or ``cache_graph=True``) the first-order graph ``grad L`` i
 ``create_graph=True`` and kept, so every further product costs one double backward instead of a
 forward, a backward and a double backward. With several batches and ``cache_graph="auto"`` the
 graphs of all batches are kept when they fit: after the first batch's graph is built, the memory
-it took (CUDA's allocator, or the process's resident memory on a CPU) times the number of batches
+it took (CUDA's allocator; on a CPU glibc's heap in use and the resident memory, the larger
+increase: :mod:`flatplug._memory`) times the number of batches
 left must be at most ``AUTO_CACHE_SHARE`` of the memory still available (half on CUDA, a quarter
 on a CPU, where running out kills the process); otherwise, or where memory cannot be read, the
 products stream batch by batch (on ``resnet4b``, 2.1x a gradient per batch kept against 3.5x
@@ -52,7 +53,7 @@ from torch import nn
 
 from ._data import Batches, cpu_channels_last, model_device_dtype
 from ._loss import LossFn, cross_entropy, per_sample_loss, resolve_loss
-from ._memory import memory_available, memory_in_use
+from ._memory import growth, memory_available, reading
 from ._params import ParamSpec, select_params
 from ._second_order import second_order_layers
 from ._validation import check_logits
@@ -199,7 +200,7 @@ class HessianOperator:
         total: list[torch.Tensor] | None = None
         loss_sum = 0.0
         count = 0
-        before = memory_in_use(self.device) if within_budget else None
+        before = reading(self.device) if within_budget else None
         with torch.enable_grad(), self._recording(create_graph):
             for i, (x, y) in enumerate(self._iter()):
                 s = self._batch_loss_sum(x, y)
@@ -212,15 +213,15 @@ class HessianOperator:
         assert total is not None  # Batches raises on empty data
         return total, loss_sum, count
 
-    def _rest_fits(self, before: int | None) -> bool:
+    def _rest_fits(self, before: tuple[int | None, int | None]) -> bool:
         """After the first batch's graph is built: whether the graphs of the other batches, each
         taking what the first did, fit in ``AUTO_CACHE_SHARE`` of the memory still available."""
         batches = len(self.batches._source) if hasattr(self.batches._source, "__len__") else None
         share = AUTO_CACHE_SHARE.get(self.device.type)
-        after, available = memory_in_use(self.device), memory_available(self.device)
-        if None in (batches, share, before, after, available):
+        taken, available = growth(before, reading(self.device)), memory_available(self.device)
+        if None in (batches, share, taken, available):
             return False
-        return (batches - 1) * max(after - before, 0) <= share * available
+        return (batches - 1) * taken <= share * available
 
     def _build_cache(self) -> None:
         """First-order graph of the mean loss over all batches, kept for repeated products."""

@@ -443,9 +443,9 @@ def test_auto_keeps_the_graphs_of_several_batches_only_when_they_fit(case, monke
     data = three_batches(x, y)
     if case == "no room":
         monkeypatch.setattr(hvp, "memory_available", lambda device: 0)
-        monkeypatch.setattr(hvp, "memory_in_use", functools.partial(next, iter([0, 1 << 20])))  # 1 MiB a batch
+        monkeypatch.setattr(hvp, "reading", functools.partial(next, iter([(0, 0), (1 << 20, 0)])))  # 1 MiB a batch
     elif case == "memory unreadable":
-        monkeypatch.setattr(hvp, "memory_in_use", lambda device: None)
+        monkeypatch.setattr(hvp, "reading", lambda device: (None, None))
     elif case == "no length":
         data = _NoLen(data)
     dense = full_hessian()
@@ -458,19 +458,28 @@ def test_auto_keeps_the_graphs_of_several_batches_only_when_they_fit(case, monke
 
 
 def test_memory_readings_follow_a_real_allocation():
-    """``memory_in_use`` on a CPU grows by about what a touched 256 MiB tensor takes, and
-    ``memory_available`` reports the machine's MemAvailable (read here independently)."""
+    """On a CPU the allocator's reading grows by what a 256 MiB tensor takes (to the MiB) and falls
+    back when it is freed; the resident memory grows by about as much once its pages are touched;
+    small heap blocks count too; and ``memory_available`` is the machine's MemAvailable (read here
+    independently)."""
     from pathlib import Path
 
-    from flatplug._memory import memory_available, memory_in_use
+    from flatplug._memory import growth, memory_available, memory_in_use, reading
 
     cpu = torch.device("cpu")
-    if not Path("/proc/self/statm").exists():
-        pytest.skip("no /proc on this system: the readings are None there and the operator streams")
-    before = memory_in_use(cpu)
-    block = torch.ones(64 << 20)  # 256 MiB, every page touched
-    grown = memory_in_use(cpu) - before
-    assert 200 << 20 <= grown <= 320 << 20
+    if memory_in_use(cpu) is None or not Path("/proc/self/statm").exists():
+        pytest.skip("no glibc mallinfo2 or no /proc here: the readings are None and the operator streams")
+    mib = 1 << 20
+    before = reading(cpu)
+    block = torch.ones(64 * mib)  # 256 MiB, every page touched
+    after = reading(cpu)
+    assert 0 <= (after[0] - before[0]) - block.untyped_storage().nbytes() < mib
+    assert 200 * mib <= after[1] - before[1] <= 320 * mib
+    assert 256 * mib <= growth(before, after) <= 320 * mib
     del block
+    assert abs(memory_in_use(cpu) - before[0]) < mib
+    small = [torch.ones(1000) for _ in range(100)]  # heap blocks, from memory the allocator may already hold
+    assert memory_in_use(cpu) - before[0] >= 100 * 4000
+    del small
     meminfo = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in Path("/proc/meminfo").read_text().splitlines()}
-    assert abs(memory_available(cpu) - meminfo["MemAvailable"]) <= 64 << 20
+    assert abs(memory_available(cpu) - meminfo["MemAvailable"]) <= 64 * mib
