@@ -54,10 +54,13 @@ def resident_memory(device: torch.device) -> int | None:
 
 
 def memory_available(device: torch.device) -> int | None:
-    """Bytes that can still be allocated on ``device``: CUDA's free memory, or the machine's
+    """Bytes that can still be allocated on ``device``: on CUDA the device's free memory plus what
+    PyTorch's caching allocator holds reserved but unused (it hands that out again first; the
+    free memory alone omits it, right after a big measure has freed its graph); the machine's
     ``MemAvailable`` on a CPU (``/proc/meminfo``)."""
     if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return torch.cuda.mem_get_info(device)[0] + max(cached, 0)
     if device.type == "cpu":
         try:
             with open("/proc/meminfo") as f:

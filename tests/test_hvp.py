@@ -483,3 +483,17 @@ def test_memory_readings_follow_a_real_allocation():
     del small
     meminfo = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in Path("/proc/meminfo").read_text().splitlines()}
     assert abs(memory_available(cpu) - meminfo["MemAvailable"]) <= 64 * mib
+
+
+def test_cuda_memory_available_counts_the_caching_allocators_unused_blocks(monkeypatch):
+    """On CUDA the memory still available is the device's free memory plus the blocks PyTorch's
+    caching allocator reserved and no tensor uses (the next graph is built from those first);
+    the readings are CUDA's own calls, replaced here by fixed numbers (no GPU on CI)."""
+    from flatplug import _memory
+
+    gib = 1 << 30
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (10 * gib, 140 * gib))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 50 * gib)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 20 * gib)
+    assert _memory.memory_available(torch.device("cuda", 0)) == 40 * gib
+    assert _memory.memory_in_use(torch.device("cuda", 0)) == 20 * gib
