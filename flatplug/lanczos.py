@@ -47,6 +47,7 @@ from typing import Callable
 import torch
 
 from ._validation import all_finite
+from ._vector import dot64, norm64
 
 __all__ = ["LanczosResult", "STOPPING", "lanczos", "ritz_error_bounds", "tridiagonal", "tridiagonal_quadrature"]
 
@@ -212,7 +213,7 @@ def lanczos(
     else:
         if not isinstance(v0, torch.Tensor) or v0.shape != (dim,):
             raise ValueError(f"v0: expected a start vector of shape [{dim}]")
-        nrm = float(v0.double().norm())
+        nrm = norm64(v0.reshape(-1))
         if not nrm > 0 or nrm != nrm or nrm == float("inf"):
             raise ValueError("v0: the start vector must be finite and non-zero")
         q = (v0.to(device=device, dtype=torch.float64) / nrm).to(dtype)
@@ -242,14 +243,15 @@ def lanczos(
             raise FloatingPointError(
                 f"lanczos: the operator returned non-finite values at step {j + 1}; check the model and loss for NaN/inf"
             )
-        a = float(torch.dot(q.double(), w.double()))
+        a = dot64(q, w)
         alphas.append(a)
         # Full reorthogonalisation (twice is enough: Giraud et al. 2005) also removes the
-        # alpha q_j + beta q_{j-1} terms of the three-term recurrence.
+        # alpha q_j + beta q_{j-1} terms of the three-term recurrence. The first pass makes a new
+        # vector (``w`` may be the caller's), the second updates that one in place.
         qb = basis[: j + 1]
-        for _ in range(2):
-            w = w - qb.T @ (qb @ w)
-        b = float(w.double().norm())
+        w = torch.addmv(w, qb.T, qb @ w, alpha=-1)
+        w.addmv_(qb.T, qb @ w, alpha=-1)
+        b = norm64(w)
         scale = max(scale, abs(a), b)
         j += 1
         if callback is not None:
@@ -298,8 +300,8 @@ def lanczos(
             fresh = torch.randn(dim, generator=generator, dtype=torch.float64).to(device=device, dtype=dtype)
             qb = basis[:j]
             for _ in range(2):
-                fresh = fresh - qb.T @ (qb @ fresh)
-            fn = float(fresh.double().norm())
+                fresh.addmv_(qb.T, qb @ fresh, alpha=-1)
+            fn = norm64(fresh)
             if fn <= 1e-3:  # the basis already spans (numerically) the whole space
                 stop_reason, converged = "invariant", True
                 break

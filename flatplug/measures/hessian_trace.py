@@ -24,6 +24,7 @@ from .._params import ParamSpec
 from .._progress import progress
 from .._state import preserved
 from .._validation import check_choice
+from .._vector import dot64
 from ..hvp import HVP_MODES, HessianOperator, check_int
 from ..registry import MeasureInfo
 from ..types import Measurement
@@ -32,8 +33,10 @@ METHODS = ("hutchinson", "hutch++")
 
 
 def _rademacher(dim: int, gen: torch.Generator, op: HessianOperator) -> torch.Tensor:
-    v = torch.randint(0, 2, (dim,), generator=gen, dtype=torch.int8).to(torch.float64) * 2 - 1
-    return v.to(device=op.device, dtype=op.dtype)
+    """+-1 entries drawn on the CPU (the same probes on any device), moved as int8 and made
+    +-1 in the operator's dtype there (exact in any float dtype; no float64 detour)."""
+    bits = torch.randint(0, 2, (dim,), generator=gen, dtype=torch.int8).to(op.device)
+    return bits.to(op.dtype).mul_(2).sub_(1)
 
 
 def _std_error(samples: list[float]) -> float:
@@ -103,7 +106,7 @@ def hessian_trace(
             budget = probes
             for _ in range(probes):
                 v = _rademacher(dim, gen, op)
-                samples.append(float(torch.dot(v.double(), op.matvec(v).double())))
+                samples.append(dot64(v, op.matvec(v)))
                 bar.update(1)
                 if len(samples) < probes and stop(sum(samples) / len(samples)):
                     stopped_early = True
@@ -118,13 +121,14 @@ def hessian_trace(
                 bar.update(1)
             q, _ = torch.linalg.qr(hs)  # [dim, sketch], orthonormal columns
             for i in range(q.shape[1]):
-                exact_part += float(torch.dot(q[:, i].double(), op.matvec(q[:, i].contiguous()).double()))
+                col = q[:, i].contiguous()
+                exact_part += dot64(col, op.matvec(col))
                 bar.update(1)
             if q.shape[1] < dim:  # otherwise Q spans the space and tr(Q^T H Q) is the trace
                 for _ in range(budget):
                     g = _rademacher(dim, gen, op)
                     g = g - q @ (q.T @ g)
-                    samples.append(float(torch.dot(g.double(), op.matvec(g).double())))
+                    samples.append(dot64(g, op.matvec(g)))
                     bar.update(1)
                     if len(samples) < budget and stop(exact_part + sum(samples) / len(samples)):
                         stopped_early = True
