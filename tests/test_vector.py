@@ -71,3 +71,16 @@ def test_lanczos_does_not_change_the_callers_product():
     assert all(torch.equal(out, copy) for out, copy in held)
     top = torch.linalg.eigvalsh(a).flip(0)[:2]
     assert torch.allclose(res.eigenvalues, top, rtol=1e-7, atol=0)
+
+
+def test_lanczos_on_a_long_float32_operator_finds_its_known_eigenvalues():
+    """A float32 diagonal operator longer than several blocks (the blocked float64 path of every
+    ``q.w`` and ``||w||``): the top three eigenvalues are the three largest diagonal entries."""
+    n = 3 * BLOCK + 5
+    g = torch.Generator().manual_seed(5)
+    diag = torch.rand(n, generator=g) * 0.5  # bulk in [0, 0.5)
+    diag[[17, n // 2, n - 1]] = torch.tensor([3.0, 2.0, 1.5])
+    res = lanczos(lambda v: diag * v, n, k=3, tol=1e-6, max_iter=60, dtype=torch.float32,
+                  generator=torch.Generator().manual_seed(0))
+    assert res.converged
+    assert torch.allclose(res.eigenvalues, torch.tensor([3.0, 2.0, 1.5], dtype=torch.float64), rtol=1e-5, atol=0)
