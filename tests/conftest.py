@@ -76,11 +76,12 @@ def assert_operator_matches_dense(model: nn.Module, x: torch.Tensor, y: torch.Te
 
 
 def switched_against_stock(model: nn.Module, x: torch.Tensor, y: torch.Tensor, switch, rtol: float,
-                           switched: int) -> tuple[torch.Tensor, torch.Tensor]:
+                           switched: int, grad_atol: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Records the gradient of ``model`` (float64) on the stock graph and inside ``switch(model)``
     (a context manager yielding how many layers it switched, checked against ``switched``); the
     gradients (input included) must agree and the switched graph's Hessian-vector products equal
-    the dense Hessian's, to ``rtol`` of the largest entry. Returns (switched output, stock output)."""
+    the dense Hessian's, to ``rtol`` of the largest entry (the gradients also to ``grad_atol``
+    absolute, when given). Returns (switched output, stock output)."""
     params = list(model.parameters())
     dense = dense_hessian(model, x, y)
     x = x.clone().requires_grad_(True)
@@ -92,6 +93,8 @@ def switched_against_stock(model: nn.Module, x: torch.Tensor, y: torch.Tensor, s
     assert count == switched
     flat = torch.cat([g.detach().reshape(-1) for g in grads])
     assert float((flat - stock).abs().max()) <= rtol * float(stock.abs().max())
+    if grad_atol is not None:
+        assert torch.allclose(flat, stock, rtol=0, atol=grad_atol)
     v = torch.randn(dense.shape[0], generator=torch.Generator().manual_seed(4), dtype=torch.float64)
     vs = [c.reshape(p.shape) for c, p in zip(torch.split(v, [p.numel() for p in params]), params)]
     hv = torch.cat([h.reshape(-1) for h in torch.autograd.grad(grads[1:], params, grad_outputs=vs)])
