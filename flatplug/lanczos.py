@@ -213,7 +213,7 @@ def lanczos(
     else:
         if not isinstance(v0, torch.Tensor) or v0.shape != (dim,):
             raise ValueError(f"v0: expected a start vector of shape [{dim}]")
-        nrm = norm64(v0.reshape(-1))
+        nrm = norm64(v0)
         if not nrm > 0 or nrm != nrm or nrm == float("inf"):
             raise ValueError("v0: the start vector must be finite and non-zero")
         q = (v0.to(device=device, dtype=torch.float64) / nrm).to(dtype)

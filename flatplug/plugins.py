@@ -49,9 +49,7 @@ def _version_of(module_name: str) -> str:
     top = module_name.split(".")[0]
     try:
         return metadata.version(top)
-    except metadata.PackageNotFoundError:
-        pass
-    except Exception:  # pragma: no cover - broken metadata
+    except Exception:  # PackageNotFoundError (the names differ), or broken metadata
         pass
     try:
         for dist in metadata.packages_distributions().get(top, []):
