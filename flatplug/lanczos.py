@@ -3,8 +3,9 @@
 Builds an orthonormal Krylov basis ``Q`` and the tridiagonal ``T = Q^T A Q`` (diagonal ``alpha``,
 off-diagonal ``beta``); Ritz values/vectors of ``T`` approximate the extreme eigenpairs of ``A``
 (Lanczos 1950; Golub & Van Loan, "Matrix Computations", ch. 10). Every new vector is
-orthogonalised twice against the whole basis (classical Gram-Schmidt, twice), which keeps the
-basis orthogonal to working precision and avoids spurious copies of converged eigenvalues.
+orthogonalised against the whole basis after the three-term recurrence (classical Gram-Schmidt,
+repeated when the Daniel-Gragg-Kaufman-Stewart criterion asks for it), which keeps the basis
+orthogonal to working precision and avoids spurious copies of converged eigenvalues.
 
 Residual of a Ritz pair ``(theta_i, Q s_i)``: ``r_i = ||A Q s_i - theta_i Q s_i|| = |beta_m s_{m,i}|``;
 an eigenvalue of ``A`` lies within ``r_i`` of ``theta_i``. Once ``theta_i`` is separated from the
@@ -47,6 +48,7 @@ from typing import Callable
 import torch
 
 from ._validation import all_finite
+from ._basis import Basis
 from ._vector import dot64, norm64
 
 __all__ = ["LanczosResult", "STOPPING", "lanczos", "ritz_error_bounds", "tridiagonal", "tridiagonal_quadrature"]
@@ -57,6 +59,8 @@ _WHICH = ("largest", "smallest", "magnitude")
 GAP_SAFETY = 2.0
 #: stopping rules of :func:`lanczos` (see its docstring for what ``tol`` means in each)
 STOPPING = ("bound", "residual", "change")
+#: a reorthogonalisation pass is repeated when it leaves less than this share of the vector's norm
+_DGKS = 0.5**0.5
 
 
 @dataclass
@@ -217,10 +221,13 @@ def lanczos(
         if not nrm > 0 or nrm != nrm or nrm == float("inf"):
             raise ValueError("v0: the start vector must be finite and non-zero")
         q = (v0.to(device=device, dtype=torch.float64) / nrm).to(dtype)
-    first = q.clone()
+    first = q
 
-    cap = min(m, 16)
-    basis = torch.empty(cap, dim, dtype=dtype, device=device)
+    # Each next vector is divided straight into its basis row, and the residual vector reuses one
+    # buffer: on a CPU a fresh parameter-sized tensor per step is mostly the first touch of its pages.
+    basis = Basis(dim, m, dtype, device)
+    basis.append(q, 1.0)
+    work = torch.empty(dim, dtype=dtype, device=device)
     alphas: list[float] = []
     betas: list[float] = []  # betas[j] couples steps j and j+1 (0.0 at a restart)
     breaks: list[tuple[int, float]] = []  # (step, dropped beta) at each restart
@@ -233,11 +240,7 @@ def lanczos(
     converged = False
     j = 0
     while True:
-        if j >= basis.shape[0]:
-            grown = torch.empty(min(m, 2 * basis.shape[0]), dim, dtype=dtype, device=device)
-            grown[:j] = basis[:j]
-            basis = grown
-        basis[j] = q
+        q = basis.row(j)
         w = matvec(q).to(device=device, dtype=dtype)
         if not all_finite(w):
             raise FloatingPointError(
@@ -245,13 +248,20 @@ def lanczos(
             )
         a = dot64(q, w)
         alphas.append(a)
-        # Full reorthogonalisation (twice is enough: Giraud et al. 2005) also removes the
-        # alpha q_j + beta q_{j-1} terms of the three-term recurrence. The first pass makes a new
-        # vector (``w`` may be the caller's), the second updates that one in place.
-        qb = basis[: j + 1]
-        w = torch.addmv(w, qb.T, qb @ w, alpha=-1)
-        w.addmv_(qb.T, qb @ w, alpha=-1)
+        # The three-term recurrence first (into ``work``: ``w`` may be the caller's), then full
+        # reorthogonalisation against the whole basis, repeated only when it removed a large part
+        # of what was left (Daniel, Gragg, Kaufman & Stewart 1976: a vector that keeps at least
+        # 1/sqrt(2) of its norm through a classical Gram-Schmidt pass is orthogonal to working
+        # precision; "twice is enough", Giraud et al. 2005, covers the case it did not).
+        w = torch.add(w, q, alpha=-a, out=work)
+        if j and betas[-1]:
+            w.add_(basis.row(j - 1), alpha=-betas[-1])
+        before = norm64(w)
+        basis.orthogonalise(w)
         b = norm64(w)
+        if b < _DGKS * before:
+            basis.orthogonalise(w)
+            b = norm64(w)
         scale = max(scale, abs(a), b)
         j += 1
         if callback is not None:
@@ -298,9 +308,8 @@ def lanczos(
                 break
             # Continue from a random direction orthogonal to the basis.
             fresh = torch.randn(dim, generator=generator, dtype=torch.float64).to(device=device, dtype=dtype)
-            qb = basis[:j]
             for _ in range(2):
-                fresh.addmv_(qb.T, qb @ fresh, alpha=-1)
+                basis.orthogonalise(fresh)
             fn = norm64(fresh)
             if fn <= 1e-3:  # the basis already spans (numerically) the whole space
                 stop_reason, converged = "invariant", True
@@ -309,10 +318,10 @@ def lanczos(
             breaks.append((j, b))
             betas.append(0.0)
             restarts += 1
-            q = fresh / fn
+            basis.append(fresh, fn)
         else:
             betas.append(b)
-            q = w / b
+            basis.append(w, b)
 
     assert theta is not None and s is not None
     res = res.clone()
@@ -320,9 +329,9 @@ def lanczos(
     idx = order if k is None else order[: min(k, theta.numel())]
     vecs = None
     if return_eigenvectors:
-        coeff = s[:, idx].to(device=device, dtype=dtype)  # [j, k]
-        vecs = coeff.T @ basis[:j]
-        vecs = vecs / vecs.norm(dim=1, keepdim=True)
+        vecs = basis.combine(s[:, idx])  # [k, dim]
+        for v in vecs:  # float64-accumulated norms: a float32 norm of a long vector is off by 1e-3
+            v.div_(norm64(v))
     return LanczosResult(
         eigenvalues=theta[idx].clone(),
         residuals=res[idx].clone(),

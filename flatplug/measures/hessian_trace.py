@@ -24,7 +24,7 @@ from .._params import ParamSpec
 from .._progress import progress
 from .._state import preserved
 from .._validation import check_choice
-from .._vector import dot64
+from .._vector import dot64, project64
 from ..hvp import HVP_MODES, HessianOperator, check_int
 from ..registry import MeasureInfo
 from ..types import Measurement
@@ -127,7 +127,7 @@ def hessian_trace(
             if q.shape[1] < dim:  # otherwise Q spans the space and tr(Q^T H Q) is the trace
                 for _ in range(budget):
                     g = _rademacher(dim, gen, op)
-                    g = g - q @ (q.T @ g)
+                    g = g - q @ project64(q.T, g).to(q.dtype)  # float64 coefficients (long sums)
                     samples.append(dot64(g, op.matvec(g)))
                     bar.update(1)
                     if len(samples) < budget and stop(exact_part + sum(samples) / len(samples)):

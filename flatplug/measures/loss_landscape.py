@@ -57,6 +57,11 @@ def grid(steps: int, span: float) -> list[float]:
     return [span * (i - m) / m for i in range(steps)]
 
 
+def _norm(t: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """l2 norm accumulated in float64 (a CPU float32 norm of a WideResNet layer is off by 1e-4)."""
+    return torch.linalg.vector_norm(t, dim=dim, keepdim=dim is not None, dtype=torch.float64)
+
+
 def normalize_direction(
     direction: torch.Tensor, weight: torch.Tensor, normalization: str, include_bias_and_norm: bool
 ) -> torch.Tensor:
@@ -66,14 +71,14 @@ def normalize_direction(
             return torch.zeros_like(direction)
         if normalization == "none":
             return direction
-        return direction * (weight.norm() / (direction.norm() + _TINY))
+        return direction * (_norm(weight) / (_norm(direction) + _TINY)).to(direction.dtype)
     if normalization == "filter":
         d = direction.reshape(direction.shape[0], -1)
         w = weight.reshape(weight.shape[0], -1)
-        scale = w.norm(dim=1, keepdim=True) / (d.norm(dim=1, keepdim=True) + _TINY)
-        return (d * scale).reshape(direction.shape)
+        scale = _norm(w, 1) / (_norm(d, 1) + _TINY)
+        return (d * scale.to(d.dtype)).reshape(direction.shape)
     if normalization == "layer":
-        return direction * (weight.norm() / (direction.norm() + _TINY))
+        return direction * (_norm(weight) / (_norm(direction) + _TINY)).to(direction.dtype)
     return direction
 
 
