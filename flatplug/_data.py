@@ -64,6 +64,15 @@ class Batches:
             yield x.to(device=device, dtype=dtype or x.dtype), y.to(device=device, dtype=torch.long)
 
     @property
+    def batch_count(self) -> int | None:
+        """Number of batches when the source knows it without a pass (an ``(x, y)`` pair: 1; a list
+        or a sized loader), else None (a loader over an iterable dataset)."""
+        try:
+            return len(self._source)  # type: ignore[arg-type]
+        except TypeError:
+            return None
+
+    @property
     def num_samples(self) -> int:
         """Total number of samples (one validating pass if not known yet)."""
         if self._num_samples is None:

@@ -142,8 +142,7 @@ class HessianOperator:
 
     # ------------------------------------------------------------------ helpers
     def _is_single_batch(self) -> bool:
-        source = self.batches._source
-        return isinstance(source, list) and len(source) == 1
+        return self.batches.batch_count == 1
 
     def _iter(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for x, y in self.batches.to(self._data_device, self._data_dtype):
@@ -216,7 +215,7 @@ class HessianOperator:
     def _rest_fits(self, before: tuple[int | None, int | None]) -> bool:
         """After the first batch's graph is built: whether the graphs of the other batches, each
         taking what the first did, fit in ``AUTO_CACHE_SHARE`` of the memory still available."""
-        batches = len(self.batches._source) if hasattr(self.batches._source, "__len__") else None
+        batches = self.batches.batch_count
         share = AUTO_CACHE_SHARE.get(self.device.type)
         taken, available = growth(before, reading(self.device)), memory_available(self.device)
         if None in (batches, share, taken, available):

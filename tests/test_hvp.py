@@ -497,3 +497,23 @@ def test_cuda_memory_available_counts_the_caching_allocators_unused_blocks(monke
     monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 20 * gib)
     assert _memory.memory_available(torch.device("cuda", 0)) == 40 * gib
     assert _memory.memory_in_use(torch.device("cuda", 0)) == 20 * gib
+
+
+def test_batch_count_is_known_without_a_pass_for_sized_sources():
+    """``Batches.batch_count``: 1 for an (x, y) pair, the length of a list or a sized loader, the
+    materialised length of a generator, None for a loader over an iterable dataset."""
+    from torch.utils.data import DataLoader, IterableDataset, TensorDataset
+
+    from flatplug._data import Batches
+
+    x, y = torch.randn(10, 3), torch.arange(10) % 2
+    assert Batches((x, y)).batch_count == 1
+    assert Batches([(x[:5], y[:5]), (x[5:], y[5:])]).batch_count == 2
+    assert Batches(DataLoader(TensorDataset(x, y), batch_size=4)).batch_count == 3
+    assert Batches((x[i : i + 5], y[i : i + 5]) for i in (0, 5)).batch_count == 2
+
+    class Stream(IterableDataset):
+        def __iter__(self):
+            return iter(zip(x, y))
+
+    assert Batches(DataLoader(Stream(), batch_size=4)).batch_count is None
