@@ -47,8 +47,8 @@ from typing import Callable
 
 import torch
 
-from ._validation import all_finite
 from ._basis import Basis
+from ._validation import all_finite
 from ._vector import dot64, norm64
 
 __all__ = ["LanczosResult", "STOPPING", "lanczos", "ritz_error_bounds", "tridiagonal", "tridiagonal_quadrature"]
