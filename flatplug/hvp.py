@@ -135,15 +135,12 @@ class HessianOperator:
         self.num_samples: int | None = None
         self._loss: float | None = None
         self._grad: torch.Tensor | None = None
-        self._single = self._is_single_batch()
+        self._single = self.batches.batch_count == 1
         self._cache_setting = cache_graph
         self._want_cache = self.hvp == "double-backward" and cache_graph in (True, "auto")
         self._cached: list[torch.Tensor] | None = None
 
     # ------------------------------------------------------------------ helpers
-    def _is_single_batch(self) -> bool:
-        return self.batches.batch_count == 1
-
     def _iter(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for x, y in self.batches.to(self._data_device, self._data_dtype):
             if self._channels_last is None:

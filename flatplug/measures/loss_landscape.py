@@ -62,6 +62,11 @@ def _norm(t: torch.Tensor, dim: int | None = None) -> torch.Tensor:
     return torch.linalg.vector_norm(t, dim=dim, keepdim=dim is not None, dtype=torch.float64)
 
 
+def _scaled_to(direction: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``direction`` rescaled to the norm of ``weight`` (norms taken over whole tensors)."""
+    return direction * (_norm(weight) / (_norm(direction) + _TINY)).to(direction.dtype)
+
+
 def normalize_direction(
     direction: torch.Tensor, weight: torch.Tensor, normalization: str, include_bias_and_norm: bool
 ) -> torch.Tensor:
@@ -71,14 +76,14 @@ def normalize_direction(
             return torch.zeros_like(direction)
         if normalization == "none":
             return direction
-        return direction * (_norm(weight) / (_norm(direction) + _TINY)).to(direction.dtype)
+        return _scaled_to(direction, weight)
     if normalization == "filter":
         d = direction.reshape(direction.shape[0], -1)
         w = weight.reshape(weight.shape[0], -1)
         scale = _norm(w, 1) / (_norm(d, 1) + _TINY)
         return (d * scale.to(d.dtype)).reshape(direction.shape)
     if normalization == "layer":
-        return direction * (_norm(weight) / (_norm(direction) + _TINY)).to(direction.dtype)
+        return _scaled_to(direction, weight)
     return direction
 
 
