@@ -2,9 +2,9 @@
 
 A Krylov basis of a large model's Hessian holds tens of parameter-sized vectors: on
 WideResNet-28-10, 146 MB each. Growing one contiguous ``[rows, dim]`` tensor copies the whole
-basis (at 16 rows a 2.3 GB copy into fresh pages: 7.8 s of a 33 s call on a CPU, on a 36.5M-entry
-diagonal operator, ``notes/reorthogonalisation.py``), and on a GPU holds the old and the new tensor
-at once. Here the basis grows by chunks that are never copied
+basis (at 16 rows a 2.3 GB copy into fresh pages: 7.8 s of a 33 s call on a CPU in a cProfile of
+the 36.5M-entry call of ``notes/reorthogonalisation.py``), and on a GPU holds the old and the new
+tensor at once. Here the basis grows by chunks that are never copied
 (each as large as all the earlier ones together, so a basis of ``m`` rows has about ``log2 m``
 chunks). Projections accumulate in float64 (:func:`flatplug._vector.project64`).
 """

@@ -56,9 +56,10 @@ def project64(rows: torch.Tensor | Sequence[torch.Tensor], w: torch.Tensor) -> t
     in float64; returns float64 ``[m]`` (all the matrices' rows in order) on ``w``'s device.
 
     The coefficients of a Gram-Schmidt projection. A float32 matrix-vector product over a whole
-    parameter vector sums millions of terms in float32: on a CPU it was off by 2e-5 of ``||w||`` on
-    a 36.5M-entry Lanczos vector, which cost the Lanczos basis its orthogonality (1e-2) and the
-    top eigenvalue 0.3% (``notes/reorthogonalisation.py``). Columns are converted to float64 in
+    parameter vector sums millions of terms in float32: on a CPU it was off by up to 4.7e-3 of
+    ``||w||`` for a Hessian product of WideResNet-28-10 (``notes/wrn_orthogonality.py``), which cost
+    the Lanczos basis its orthogonality (4.7e-4 there; 1.6e-2 and 0.3% of the top eigenvalue on a
+    diagonal operator of that size, ``notes/reorthogonalisation.py``). Columns are converted to float64 in
     blocks whose temporary holds a fixed number of entries.
     """
     mats = [rows] if isinstance(rows, torch.Tensor) else list(rows)
