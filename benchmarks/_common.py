@@ -53,6 +53,21 @@ def robustbench_wide_resnet(depth: int = 28, widen_factor: int = 10) -> nn.Modul
     return module.WideResNet(depth=depth, widen_factor=widen_factor)
 
 
+def wide_resnet_on_cifar(n: int, threads: int) -> tuple[nn.Module, tuple[torch.Tensor, torch.Tensor]]:
+    """The notes' large-model case: RobustBench's WideResNet-28-10 (seeded random weights, eval
+    mode) and the first ``n`` real CIFAR-10 test images from ``../shared``, with ``threads`` torch
+    threads; prints where flatplug was imported from (the notes compare two checkouts)."""
+    import flatplug
+    from flatplug.sources import load_imagefolder
+
+    torch.manual_seed(0)
+    torch.set_num_threads(threads)
+    print(f"flatplug from {Path(flatplug.__file__).parent}; torch {torch.__version__}, {threads} thread(s)")
+    model = robustbench_wide_resnet().eval()
+    data = load_imagefolder(DEFAULT_DATA / "test.tar.gz", n=n)
+    return model, (data.x, data.y)
+
+
 def parser(description: str, *, repeats: int, n: int, threads: int | None = None) -> argparse.ArgumentParser:
     """The options every benchmark takes; scripts add their own. ``threads``: the default of
     ``--threads`` (None: torch's own choice)."""

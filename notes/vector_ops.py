@@ -14,25 +14,17 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from _common import robustbench_wide_resnet  # noqa: E402
+from _common import wide_resnet_on_cifar  # noqa: E402
 
-import flatplug  # noqa: E402
 import flatplug.measures as M  # noqa: E402
 from flatplug import hvp as H  # noqa: E402
-from flatplug.sources import load_imagefolder  # noqa: E402
 
 
 def main() -> None:
-    torch.manual_seed(0)
-    torch.set_num_threads(1)
-    model = robustbench_wide_resnet().eval()
-    data = load_imagefolder(ROOT.parent / "shared" / "data" / "cifar10" / "test.tar.gz", n=4)
-    batch = (data.x, data.y)
+    model, batch = wide_resnet_on_cifar(4, threads=1)
     spent = [0.0]
     matvec = H.HessianOperator.matvec
 
@@ -43,7 +35,6 @@ def main() -> None:
         return out
 
     H.HessianOperator.matvec = timed_matvec
-    print(f"flatplug from {Path(flatplug.__file__).parent}; torch {torch.__version__}, 1 thread")
     calls = {
         "top eigenvalue": lambda: M.hessian_eigenvalues(model, batch, k=1, tol=1e-2, max_iter=20, quiet=True),
         "trace, 10 probes": lambda: M.hessian_trace(model, batch, probes=10, tol=0.0, min_probes=10, quiet=True),

@@ -20,22 +20,16 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from _common import robustbench_wide_resnet  # noqa: E402
+from _common import wide_resnet_on_cifar  # noqa: E402
 
-import flatplug  # noqa: E402
 from flatplug._vector import dot64  # noqa: E402  (present in both checkouts compared in notes/perf.md)
 from flatplug.hvp import HessianOperator  # noqa: E402
 from flatplug.lanczos import lanczos  # noqa: E402
-from flatplug.sources import load_imagefolder  # noqa: E402
 
 
 def main() -> None:
-    torch.manual_seed(0)
-    torch.set_num_threads(2)
-    print(f"flatplug from {Path(flatplug.__file__).parent}; torch {torch.__version__}, 2 threads")
-    model = robustbench_wide_resnet().eval()
-    data = load_imagefolder(ROOT.parent / "shared" / "data" / "cifar10" / "test.tar.gz", n=4)
-    op = HessianOperator(model, [(data.x, data.y)])
+    model, batch = wide_resnet_on_cifar(4, threads=2)
+    op = HessianOperator(model, [batch])
     seen: list[torch.Tensor] = []
 
     def matvec(v: torch.Tensor) -> torch.Tensor:
