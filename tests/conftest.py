@@ -230,3 +230,15 @@ def mnist_softmax_regression() -> tuple[nn.Module, torch.Tensor, torch.Tensor, t
     model, x = model.double(), x.double()
     return model, x, y, dense_hessian(model, x, y)
 
+
+
+def kappa_reference(phi: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """Per-sample relative flatness kappa_Tr (pairwise, softmax cross-entropy) in float64, written as
+    ``||phi||^2 sum_k p_k ||w_k - sum_l p_l w_l||^2``: the spread of the weight rows about their mean
+    under the predicted distribution (no difference of nearly equal terms, so right for confident
+    predictions)."""
+    phi, weight = phi.double(), weight.double()
+    logits = phi @ weight.T + (0.0 if bias is None else bias.double())
+    p = torch.softmax(logits, 1)
+    spread = (p * (weight[None] - (p @ weight)[:, None]).pow(2).sum(-1)).sum(1)
+    return phi.pow(2).sum(1) * spread

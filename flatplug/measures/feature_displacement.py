@@ -43,7 +43,7 @@ from ..features import capture_features, find_layer
 from ..registry import MeasureInfo
 from ..types import Measurement
 from .feature_robustness import logit_hessians
-from .relative_flatness import from_block_traces
+from .relative_flatness import pairwise_from_logit_hessians
 
 __all__ = ["feature_displacement"]
 
@@ -179,8 +179,8 @@ def _add(rows, phi, phi_adv, z, z_adv, y, linear, loss_fn):
     hess_adv = logit_hessians(phi_adv, weight, bias, y, loss_fn)
     dz = F.linear(phi_adv - phi, weight)
     rows["taylor"].append(((grad * dz).sum(1) + 0.5 * torch.einsum("nk,nkl,nl->n", dz, hess, dz)).detach().cpu())
-    kappa = from_block_traces(hess * norm.pow(2)[:, None, None], weight, variant="pairwise")
-    kappa_adv = from_block_traces(hess_adv * phi_adv.pow(2).sum(1)[:, None, None], weight, variant="pairwise")
+    kappa = pairwise_from_logit_hessians(phi, weight, bias, hess, loss_fn)
+    kappa_adv = pairwise_from_logit_hessians(phi_adv, weight, bias, hess_adv, loss_fn)
     rows["flatness_term"].append((0.5 * displacement.pow(2) * kappa).nan_to_num(posinf=float("inf")).cpu())
     rows["kappa_clean"].append(kappa.cpu())
     rows["kappa_adv"].append(kappa_adv.cpu())
@@ -190,7 +190,7 @@ def _add(rows, phi, phi_adv, z, z_adv, y, linear, loss_fn):
 
 
 INFO = MeasureInfo(
-    version="1",
+    version="2",  # 2: per-sample kappa without float32 cancellation (cross-entropy)
     paper="Walter et al. 2025, When Flatness Does (Not) Guarantee Adversarial Robustness, "
           "https://arxiv.org/abs/2510.14231",
     follows_attack=("eps", "norm"),

@@ -50,7 +50,7 @@ from .._validation import check_positive
 from ..features import features_and_logits, find_layer
 from ..registry import ForwardPass, MeasureInfo
 from ..types import Measurement
-from .relative_flatness import block_traces, from_block_traces
+from .relative_flatness import block_traces, pairwise_from_logit_hessians
 
 __all__ = ["feature_robustness", "from_features", "haar_orthogonal", "logit_hessians"]
 
@@ -155,7 +155,7 @@ def from_features(
     with torch.no_grad():
         base = _losses(z, y, loss_fn).detach()
     g_logits = logit_hessians(phi, weight, bias, y, loss_fn)
-    kappa = float(from_block_traces(g_logits * phi.pow(2).sum(1)[:, None, None], weight, variant="pairwise").mean())
+    kappa = float(pairwise_from_logit_hessians(phi, weight, bias, g_logits, loss_fn).mean())
 
     # the first-order worst case: delta ||W^T grad_W L||_* with grad_W L = mean_i dloss_i/dz phi_i^T
     zz = z.detach().requires_grad_(True)
@@ -253,7 +253,7 @@ def from_forward(forward: ForwardPass, **params) -> Measurement:
 
 
 INFO = MeasureInfo(
-    version="1",
+    version="2",  # 2: kappa without float32 cancellation (cross-entropy)
     paper="Petzka et al. 2021, Relative Flatness and Generalization, https://arxiv.org/abs/2001.00939",
     zoo_defaults={"delta": 0.1},
     from_forward=from_forward,

@@ -3,7 +3,11 @@ the loss plus lambda times the relative flatness (Petzka et al. 2021, https://ar
 of the penultimate layer.
 
 Uses the differentiable closed form of :mod:`flatplug.measures.relative_flatness`, so the
-regulariser costs one forward pass (features captured by a hook) and no Hessian.
+regulariser costs one forward pass (features captured by a hook) and no Hessian. Two differences
+from the official FAM code (``FAMloss.py``), both deliberate: its regulariser divides each block
+trace by the feature dimension ``d`` (its ``lam`` acts as ``lam / d`` here), and it copies the
+Hessian out of the graph, so its gradient flows through the weights only; here the gradient of
+kappa itself flows, through the softmax probabilities and the features too.
 """
 
 from __future__ import annotations
