@@ -7,8 +7,10 @@ with more than one dimension) is rescaled to the norm of the matching filter of 
 which makes plots of networks with different weight scales comparable; ``"layer"`` rescales
 each tensor as a whole to the weights' norm; ``"none"`` keeps the raw Gaussian draw.
 Biases and norm-layer parameters (tensors with at most one dimension) get a zero direction
-unless ``include_bias_and_norm``, in which case they are rescaled as a whole to the norm
-of the parameter (``"filter"``, ``"layer"``) or kept raw (``"none"``).
+(Li et al.'s ``ignore="biasbn"``) unless ``include_bias_and_norm``, in which case their direction
+is the parameter itself, whatever the ``normalization`` (Li et al.'s code, ``net_plotter.py``:
+``d.copy_(w)``, so ``w + a d`` scales them by ``1 + a``). The model is evaluated in eval mode:
+BatchNorm uses its running statistics, which are not perturbed (Li et al.'s ``dir_type="weights"``).
 
 ``space="inputs"``: a direction per sample in input space, ``x + a d1 (+ b d2)`` clamped to
 [0, 1]; ``direction="random"`` draws Rademacher signs (``||d||_inf = 1``, so ``a`` is an L-inf
@@ -74,9 +76,7 @@ def normalize_direction(
     if weight.dim() <= 1:
         if not include_bias_and_norm:
             return torch.zeros_like(direction)
-        if normalization == "none":
-            return direction
-        return _scaled_to(direction, weight)
+        return weight.detach().to(direction.dtype).clone()
     if normalization == "filter":
         d = direction.reshape(direction.shape[0], -1)
         w = weight.reshape(weight.shape[0], -1)
@@ -247,7 +247,7 @@ def _input_grid(model, batches, loss_fn, alphas, betas, directions, direction, g
 
 
 INFO = MeasureInfo(
-    version="1",
+    version="2",  # 2: with include_bias_and_norm, 1-D parameters' direction is the parameter (Li et al.)
     paper="Li et al. 2018, Visualizing the Loss Landscape of Neural Nets, https://arxiv.org/abs/1712.09913",
     zoo_defaults={"steps": 21, "span": 1.0},
     check=check_params,
