@@ -58,6 +58,19 @@ def test_method_runs_and_leaves_no_weight_perturbation(method, digits):
 
 
 @pytest.mark.parametrize("method", sorted(FAST))
+def test_step_keeps_the_mode_of_every_layer(method, digits):
+    """A BatchNorm layer the user froze (eval mode) inside a model in train mode is still frozen after a
+    step, and every other layer still in train mode: the inner maximisations switch to eval mode and
+    back per layer (``model.train()`` afterwards unfroze the BatchNorm)."""
+    model = cnn(2).train()
+    model[1].eval()
+    modes = [m.training for m in model.modules()]
+    x, y = next(iter(digits))
+    METHODS[method](**FAST[method]).step(model, x, y, torch.optim.SGD(model.parameters(), lr=0.01))
+    assert [m.training for m in model.modules()] == modes
+
+
+@pytest.mark.parametrize("method", sorted(FAST))
 def test_method_lowers_the_training_loss(method, digits):
     model = cnn(1)
     history = fp.train(model, digits, method=method, epochs=3, quiet=True,

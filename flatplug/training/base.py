@@ -105,10 +105,13 @@ def perturbed(params: Sequence[torch.Tensor], deltas: Sequence[torch.Tensor]) ->
 
 @contextmanager
 def evaluating(model: nn.Module) -> Iterator[nn.Module]:
-    """The model in eval mode inside the block (attacks, inner maximisation); its mode restored after."""
-    was = model.training
+    """The model in eval mode inside the block (attacks, inner maximisation); each submodule's mode
+    restored after (a layer the user froze in eval mode inside a training model stays frozen, where
+    ``model.train()`` would unfreeze it)."""
+    modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
         yield model
     finally:
-        model.train(was)
+        for m, mode in modes:
+            m.training = mode
