@@ -123,7 +123,9 @@ def _header(plan: Plan, record: dict[str, Any], command: str) -> list[str]:
         "Measures: κ = relative flatness (Petzka et al., pairwise; mean and median over images), λmax = top "
         "Hessian eigenvalue, tr H = Hessian trace (Hutchinson, 30 probes), LF = local flatness (Xu et al.) in "
         "the threat model's ball, sharp. avg / worst = adaptive average / worst-case sharpness (Andriushchenko "
-        f"et al., rho 0.05, L2); {robust}. **s**: seconds of this model's results at this threat model "
+        "et al., rho 0.05, L2, on the test images of the sample: the worst case is one search over all of them, "
+        "where the paper averages m-sharpness over batches of 128 training images, and uses larger rho for it); "
+        f"{robust}. **s**: seconds of this model's results at this threat model "
         "(threat-model-free results count in each of its tables). wong_small_l2_36px was trained for L2 36/255: "
         "it is ranked at the Linf threat models like every model and scored at its own L2 ball in a table of "
         "its own.", "",
