@@ -20,6 +20,17 @@ as soon as the bound meets it, a product or two earlier. That earlier stop more 
 next eigenvalue when the wanted one has not yet emerged from the Krylov space (a softmax
 regression trained on MNIST: 7 of 50 seeds against none; :mod:`flatplug.lanczos`), which no
 bound can detect: hence the default.
+
+``which="largest"`` (default) means algebraically largest; PyHessian's power iteration finds the
+eigenvalue of largest *magnitude* (with its sign), which is ``which="magnitude"`` here. The two
+agree when the top eigenvalue is positive and dominant, as for trained networks; near a saddle or
+on a negated loss they differ.
+
+``params=None`` takes every parameter of the model, frozen ones (``requires_grad=False``)
+included: the Hessian w.r.t. all the weights. PyHessian takes only the parameters that require
+gradients; pass ``params=[p for p in model.parameters() if p.requires_grad]`` for its choice on a
+partly frozen model. The loss is the mean over all samples of all batches (PyHessian weights each
+batch's product by its size: the same), in eval mode (as PyHessian).
 """
 
 from __future__ import annotations

@@ -9,6 +9,12 @@ Hutch++ (Meyer, Musco, Musco & Woodruff 2021, "Hutch++: optimal stochastic trace
 https://arxiv.org/abs/2010.09649) spends a third of the budget finding the dominant range ``Q`` of
 ``H``, takes ``tr(Q^T H Q)`` exactly and applies Hutchinson only to the deflated rest, which needs
 far fewer probes when the spectrum decays fast (as Hessians of trained networks do).
+
+``params=None`` takes every parameter of the model, frozen ones (``requires_grad=False``)
+included: the Hessian w.r.t. all the weights. PyHessian takes only the parameters that require
+gradients; pass ``params=[p for p in model.parameters() if p.requires_grad]`` for its choice on a
+partly frozen model. The loss is the mean over all samples of all batches (PyHessian weights each
+batch's product by its size: the same), in eval mode (as PyHessian).
 """
 
 from __future__ import annotations
