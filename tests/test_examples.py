@@ -230,10 +230,12 @@ def test_walter_scaling_changes_flatness_not_robustness(walter):
     for a, b in zip(falling, falling[1:]):
         assert b["rf_median"] <= a["rf_median"] and b["pgd_acc"] >= a["pgd_acc"], (a, b)
     assert by_s[100.0]["rf_median"] < 1e-3 * by_s[1.0]["rf_median"]
-    # past the collapse (float32 softmax saturated for every image) even the mean is 0, PGD accuracy 0.69-0.71
+    # past the collapse (float32 softmax saturated for almost every image) even the mean is tiny: 6.0e-6 of
+    # s = 1's at s = 1000 (one image still near the decision boundary; float64: the same 2.41e-4) and 0 at
+    # 10,000 (float64: 1e-90). The closed form's cancellation printed 0 for both. PGD accuracy 0.69-0.71
     for r in rows:
         if r["s"] >= 1000:
-            assert r["relative_flatness"] <= 1e-6 * by_s[1.0]["relative_flatness"]
+            assert r["relative_flatness"] <= 1e-5 * by_s[1.0]["relative_flatness"]
             assert r["pgd_acc"] >= 0.5
     # PGD's accuracy moves with s although nothing about the decisions changed: measured
     # 0.56 at s = 100 against 0.00 at s = 1 and 0.00 transferred
