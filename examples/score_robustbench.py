@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 
 import flatplug as fp
+from flatplug.cli.score import robustbench_eps
 from flatplug.report import build_report, summary_table
 from flatplug.scoring import DatasetSpec, ModelSpec, attack_parameters, parse_eps
 
@@ -46,7 +47,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--attack", default=None, help="registered attack (default pgd, or pgdl2 for L2; RobustBench's own "
                                                   "evaluation is autoattack, slow on a CPU)")
-    p.add_argument("--eps", default=None, help="attack radius (default 8/255 for Linf, 0.5 for L2)")
+    p.add_argument("--eps", default=None, help="attack radius (default RobustBench's: 8/255 for Linf, 4/255 for "
+                                               "ImageNet Linf, 0.5 for L2)")
     p.add_argument("--steps", type=int, default=None, help="attack steps, for attacks that take them "
                                                            "(default: the attack's own, 10 for PGD)")
     p.add_argument("--measures", default="relative_flatness,hessian_eigenvalues",
@@ -64,7 +66,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.threat_model == "corruptions":
         p.error("--threat-model corruptions: corruption robustness is not an L-p attack; score Linf or L2 models")
     args.attack = args.attack or ("pgdl2" if args.threat_model == "L2" else "pgd")
-    args.eps = parse_eps(args.eps or ("0.5" if args.threat_model == "L2" else "8/255"))
+    args.eps = parse_eps(args.eps) if args.eps else robustbench_eps(args.dataset, args.threat_model)
     args.data_loader = args.data_loader or args.dataset
     args.data = args.data or args.data_dir
     args.measures = [m.strip() for m in args.measures.split(",") if m.strip()]
@@ -110,6 +112,8 @@ def main(argv=None):
     options = (("allow_download", args.download),) if args.data_loader in ADAPTER_DATASETS else ()
     data = DatasetSpec(args.data_loader, str(args.data), n=args.n, seed=args.seed, options=options)
     attack = {"name": args.attack, "eps": args.eps}
+    if args.threat_model == "L2":
+        attack["norm"] = "l2"  # a fixed L-inf attack (torchattacks' pgd) is refused, naming pgdl2
     if args.steps is not None and "steps" in (attack_parameters(args.attack) or ("steps",)):
         attack["steps"] = args.steps  # only to attacks that take steps (AutoAttack does not)
     frame = fp.score(specs, data, measures=args.measures, attack=attack,

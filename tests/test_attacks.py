@@ -56,3 +56,24 @@ def test_robust_accuracy_counts_and_bad_input():
         pgd(model, x, y, eps=-0.1)
     with pytest.raises(ValueError, match="norm"):
         pgd(model, x, y, eps=0.1, norm="l1")
+
+
+def test_core_pgdl2_takes_its_own_norm_and_refuses_another(monkeypatch):
+    """Without the torchattacks adapter ``pgdl2`` is the core PGD in L2. A spec that also says
+    ``norm="l2"`` (as scoring writes for RobustBench's L2 threat model) passed ``norm`` twice and
+    failed only when the attack ran; ``norm="linf"`` was silently ignored. Now the first runs the
+    L2 PGD and the second is refused before any work."""
+    from flatplug.scoring import attack_specs
+
+    monkeypatch.setattr(attack_specs, "is_core_pgd", lambda name: name in ("pgd", "pgdl2"))
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
+    x, y = torch.rand(4, 3, 2, 2), torch.tensor([0, 1, 2, 0])
+    attack = attack_specs.make_attack(model, {"name": "pgdl2", "eps": 0.5, "norm": "l2"})
+    expected = pgd(model, x, y, eps=0.5, norm="l2", step_size=2.5 * 0.5 / 10)
+    assert torch.equal(attack(x, y), expected)
+    attack_specs.check_attack({"name": "pgdl2", "eps": 0.5, "norm": "l2"})
+    with pytest.raises(ValueError, match="'pgdl2' is the L2 PGD"):
+        attack_specs.check_attack({"name": "pgdl2", "eps": 0.5, "norm": "linf"})
+    with pytest.raises(ValueError, match="expected 'linf' or 'l2'"):
+        attack_specs.check_attack({"name": "pgd", "eps": 0.5, "norm": "l1"})

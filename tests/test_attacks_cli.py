@@ -125,3 +125,35 @@ def test_parse_eps_takes_decimal_numerators_and_refuses_the_rest():
     for bad in ("8/255/2", "8/0", "eps", "", "/255"):
         with pytest.raises(ValueError, match="eps: expected a number or a fraction"):
             parse_eps(bad)
+
+
+def test_robustbench_threat_model_sets_the_norm_and_radius_of_every_attack():
+    """RobustBench's L2 leaderboard is scored in L2 also when the attack is named: ``--attack pgd``
+    under ``--threat-model L2`` ran torchattacks' L-inf PGD at eps 0.5 (robust accuracy near 0,
+    reported as the L2 result); now the spec says L2 and that fixed L-inf attack is refused, naming
+    its L2 counterpart. ImageNet's L-inf radius is 4/255 (every RobustBench ImageNet L-inf record);
+    corruptions have no attack of their own and are refused unless attack and radius are named."""
+    import argparse
+
+    from flatplug.cli.score import UsageError, _attacks
+    from flatplug.scoring import check_attack, resolve_attacks
+
+    def args(attack=None, eps=None, norm=None):
+        return argparse.Namespace(attack=attack, eps=eps, steps=None, norm=norm, attack_option=[])
+
+    l2 = {"threat_model": "L2"}
+    (spec,) = _attacks(args(["pgd"]), "robustbench", l2)
+    assert spec == {"name": "pgd", "eps": 0.5, "norm": "l2"}
+    with pytest.raises(ValueError, match="fixed-norm attack.*'pgdl2'"):
+        check_attack(resolve_attacks([spec])[0])
+    assert _attacks(args(["autoattack"]), "robustbench", l2) == [{"name": "autoattack", "eps": 0.5, "norm": "l2"}]
+    (spec,) = _attacks(args(["pgdl2"]), "robustbench", l2)
+    check_attack(resolve_attacks([spec])[0])
+    assert _attacks(args(["pgd"], norm="Linf"), "robustbench", l2)[0]["norm"] == "linf"  # --norm still wins
+    assert _attacks(args(), "robustbench", {"threat_model": "Linf", "dataset": "imagenet"})[0]["eps"] == 4 / 255
+    assert _attacks(args(), "robustbench", {"threat_model": "Linf", "dataset": "cifar100"})[0]["eps"] == EPS
+    for given in (args(), args(["pgd"]), args(eps="8/255")):
+        with pytest.raises(UsageError, match="corrupted images, not under an L-p attack"):
+            _attacks(given, "robustbench", {"threat_model": "corruptions"})
+    assert _attacks(args(["pgd"], eps="2/255"), "robustbench", {"threat_model": "corruptions"}) == [
+        {"name": "pgd", "eps": 2 / 255}]

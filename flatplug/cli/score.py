@@ -140,8 +140,14 @@ def _check_models(source: Any, names: list[str]) -> None:
                          f"{describe(problems)}" + (" (leave them out with --models)" if len(names) > 1 else ""))
 
 
-#: RobustBench's radii per threat model (its leaderboards' own)
-ROBUSTBENCH_EPS = {"Linf": 8 / 255, "L2": 0.5}
+#: RobustBench's radii per (dataset, threat model): its leaderboards' own (ImageNet L-inf: 4/255)
+ROBUSTBENCH_EPS = {("cifar10", "Linf"): 8 / 255, ("cifar10", "L2"): 0.5, ("cifar100", "Linf"): 8 / 255,
+                   ("cifar100", "L2"): 0.5, ("imagenet", "Linf"): 4 / 255}
+
+
+def robustbench_eps(dataset: str, threat: str) -> float | None:
+    """RobustBench's radius for ``dataset`` at ``threat`` (None: no L-p leaderboard, e.g. corruptions)."""
+    return ROBUSTBENCH_EPS.get((dataset, threat), {"Linf": 8 / 255, "L2": 0.5}.get(threat))
 
 
 def _attacks(args: argparse.Namespace, source_name: str,
@@ -157,15 +163,26 @@ def _attacks(args: argparse.Namespace, source_name: str,
                              "evaluation), registered by the torchattacks adapter: pip install -e adapters/torchattacks,"
                              " or pass another --attack (e.g. --attack pgd)")
     threat = str((options or {}).get("threat_model") or "Linf")
-    default_eps = DEMO_EPS if source_name == "demo" else ROBUSTBENCH_EPS.get(threat, 8 / 255)
+    dataset = str((options or {}).get("dataset") or "cifar10")
+    if source_name == "robustbench":
+        default_eps = robustbench_eps(dataset, threat)
+        if default_eps is None and (args.eps is None or not args.attack):
+            raise UsageError(f"--threat-model {threat}: RobustBench evaluates these models by their accuracy on "
+                             "corrupted images, not under an L-p attack, so there is no attack or radius of its "
+                             "own to default to; score the models of an L-p threat model (--threat-model Linf or "
+                             "L2), or name the attack and radius yourself (--attack ... --eps ...)")
+    else:
+        default_eps = DEMO_EPS if source_name == "demo" else 8 / 255
     eps = parse_eps(args.eps) if args.eps is not None else default_eps
     norm = None
     if args.norm is not None:
         norm = NORMS.get(args.norm.lower())
         if norm is None:
             raise UsageError(f"--norm: expected Linf or L2, got {args.norm!r}")
-    elif source_name == "robustbench" and threat == "L2" and not args.attack:
-        norm = "l2"  # RobustBench's L2 leaderboard: AutoAttack in L2 at eps 0.5
+    elif source_name == "robustbench" and threat == "L2":
+        # RobustBench's L2 leaderboard: every attack in L2 (a fixed L-inf attack such as torchattacks'
+        # pgd is refused by its own norm check, naming its L2 counterpart)
+        norm = "l2"
     options = _pairs(args.attack_option, "--attack-option")
     accepted_any: dict[str, bool] = {k: False for k, _ in options}
     steps_taken = False
@@ -323,10 +340,12 @@ def add_score(sub, asks_help: bool = False) -> None:
                    help="attack for robust accuracy, repeatable: the first is the main one, later ones check it "
                         "for gradient masking (e.g. --attack pgd --attack autoattack). Default pgd; for --source "
                         "robustbench autoattack (version standard). Any registered attack: flatplug list attacks")
-    p.add_argument("--eps", help="attack radius on [0, 1] images, e.g. 8/255 (default 8/255; demo 0.1)")
+    p.add_argument("--eps", help="attack radius on [0, 1] images, e.g. 8/255 (default 8/255; demo 0.1; "
+                                 "robustbench: its leaderboard's, 8/255 L-inf, 4/255 L-inf on ImageNet, 0.5 L2)")
     p.add_argument("--steps", type=int, default=None,
                    help="attack steps, for the attacks that take them (default: each attack's own)")
-    p.add_argument("--norm", default=None, metavar="Linf|L2", help="the attack's norm (default: the attack's own)")
+    p.add_argument("--norm", default=None, metavar="Linf|L2",
+                   help="the attack's norm (default: the attack's own; L2 for --source robustbench --threat-model L2)")
     p.add_argument("--attack-option", action="append", default=[], metavar="KEY=VALUE",
                    help="any attack parameter, for the attacks that take it (ATTACK.KEY=VALUE for one attack), "
                         "e.g. version=rand for autoattack (repeatable)")

@@ -81,11 +81,24 @@ def make_attack(model: nn.Module, spec: dict[str, Any], *, n_classes: int | None
         if accepted is not None and "n_classes" in accepted and "n_classes" not in params and n_classes:
             params["n_classes"] = int(n_classes)
         return factory(model, **params)
-    norm = "l2" if name == "pgdl2" else params.pop("norm", "linf")
+    norm = core_norm(name, params.pop("norm", None))
     unknown = set(params) - set(CORE_PGD_PARAMETERS)
     if unknown:
         raise ValueError(f"attack {name!r} (core PGD) takes {', '.join(CORE_PGD_PARAMETERS)}; got {sorted(unknown)}")
     return lambda x, y: pgd(model, x, y, norm=norm, **params)
+
+
+def core_norm(name: str, norm: Any) -> str:
+    """The core PGD's norm: ``pgdl2`` is L2 (a ``norm`` given must say so; it was passed twice), ``pgd``
+    takes ``norm`` (default L-inf)."""
+    if norm is None:
+        return "l2" if name == "pgdl2" else "linf"
+    wanted = str(norm).lower()
+    if wanted not in ("linf", "l2"):
+        raise ValueError(f"norm: expected 'linf' or 'l2', got {norm!r}")
+    if name == "pgdl2" and wanted != "l2":
+        raise ValueError(f"norm: 'pgdl2' is the L2 PGD, got norm={norm!r}; use 'pgd' for L-inf")
+    return wanted
 
 
 def effective_settings(spec: dict[str, Any], *, n_classes: int | None = None) -> dict[str, Any]:
@@ -136,6 +149,7 @@ def check_attack(spec: dict[str, Any]) -> None:
         if unknown:
             raise ValueError(f"attack {name!r} (core PGD) takes no parameter {', '.join(map(repr, unknown))}; it "
                              f"accepts: {', '.join(CORE_PGD_PARAMETERS)}")
+        core_norm(name, spec.get("norm"))
         return
     probe = nn.Sequential(nn.Flatten(), nn.Linear(4, 10))  # a stand-in model: constructors check their settings
     try:

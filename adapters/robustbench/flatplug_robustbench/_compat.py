@@ -1,9 +1,10 @@
 """Importing robustbench 1.1.1 in a current environment.
 
-robustbench 1.1.1 does ``from autoattack import AutoAttack`` and ``from autoattack.state import
-EvaluationState``, but its declared dependency ``pyautoattack`` installs the same code as the
-module ``pyautoattack``; and its ``loaders`` module imports ``pkg_resources``, which setuptools 81
-removed (hence ``setuptools<81`` in this distribution's dependencies). ``import_robustbench()``
+robustbench's ``eval`` module does ``from autoattack import AutoAttack`` and ``from autoattack.state
+import EvaluationState`` in its GitHub sources (in the 1.1.1 wheel on PyPI those lines are
+commented out), but its declared dependency ``pyautoattack`` installs the same code as the module
+``pyautoattack``; and its ``loaders`` module imports ``pkg_resources``, which setuptools 81 removed
+(hence ``setuptools<81`` in this distribution's dependencies). ``import_robustbench()``
 makes ``autoattack`` an alias of ``pyautoattack`` (unless a real ``autoattack`` is installed) and
 imports robustbench with its known import-time deprecation warnings silenced. It is called lazily,
 on the first load or listing, so that loading flatplug's plugins stays fast.
