@@ -64,6 +64,14 @@ def pgd(
     2021), where the worst L2 perturbation of a linear score is exactly ``-eps s w / ||w||``.
     The model's mode is not changed (call ``model.eval()`` first for evaluation); parameter
     gradients are not touched. ``step_size`` defaults to ``2.5 * eps / steps``.
+
+    Each step ascends the *summed* per-sample loss (sign of its gradient for ``"linf"``, the
+    gradient over its per-sample L2 norm for ``"l2"``): each sample's step is its own, as in Madry
+    et al. (torchattacks ascends the batch mean and adds 1e-10 to each gradient norm, which shortens
+    L2 steps only where gradients are tiny). ``random_start``: uniform in the L-inf ball, or a
+    random direction at a radius uniform in [0, eps] for L2 (torchattacks' PGDL2 start); drawn from a private CPU generator seeded with ``seed`` (default 0:
+    the same examples on every call; every batch of the same shape gets the same start noise),
+    ``seed=None`` draws from torch's global generator.
     """
     check_choice(norm, "norm", NORMS)
     check_positive(eps, "eps", allow_zero=True)

@@ -337,5 +337,11 @@ def test_cli_refuses_a_run_with_a_missing_checkpoint_before_scoring(model_dir, t
     assert "2 of 3 models cannot be loaded; nothing was scored" in err
     for name in ("Rice2020Overfitting", "Carmon2019Unlabeled"):
         assert str(model_dir / "cifar10" / "Linf" / f"{name}.pt") in err
-    assert "cannot be reached" in err and probes == ["drive.google.com"]  # one probe for both
+    assert "cannot be reached" in err and probes == ["docs.google.com"]  # one probe for both
+    import inspect
+
+    from flatplug_robustbench._compat import import_robustbench
+
+    # the host robustbench's own downloader fetches from (drive.google.com was probed before)
+    assert "https://docs.google.com/" in inspect.getsource(import_robustbench().utils.download_gdrive)
     assert not store.exists()

@@ -32,7 +32,7 @@ from ._net import bool_option, positive_float_option, reachable
 DATASETS = ("cifar10", "cifar100", "imagenet")
 THREAT_MODELS = ("Linf", "L2", "corruptions")
 #: where RobustBench's Google Drive checkpoints come from (probed before a download is tried)
-GDRIVE_HOST = "drive.google.com"
+GDRIVE_HOST = "docs.google.com"  # robustbench.utils.download_gdrive fetches from docs.google.com/uc
 #: input sizes of RobustBench's ImageNet preprocessings (robustbench.data.PREPROCESSINGS)
 PREPROCESSING_SIZES = {"Res256Crop224": 224, "Crop288": 288, "Res224": 224, "BicubicRes256Crop224": 224}
 INPUT_SHAPES = {"cifar10": [3, 32, 32], "cifar100": [3, 32, 32]}
