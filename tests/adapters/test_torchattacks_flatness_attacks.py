@@ -94,6 +94,44 @@ def test_flat_region_targeted_mode_aims_at_the_target():
     assert float(p_target.mean()) > float(p_clean.mean())
 
 
+def test_flat_region_least_likely_mode_aims_at_the_least_likely_other_class():
+    """torchattacks' targeted(least-likely) mode: the target is the class of smallest logit among the
+    classes other than the label (Attack.get_least_likely_label, kth_min=1), recomputed here from
+    the model's logits; the attack raises that class's probability."""
+    net = model()
+    x, y = images(16)
+    attack = FlatRegionAttack(net, eps=EPS, steps=10)
+    attack.set_mode_targeted_least_likely(quiet=True)
+    with torch.no_grad():
+        logits = net(x)
+    expected = logits.scatter(1, y[:, None], float("inf")).argmin(1)
+    assert torch.equal(attack.get_target_label(x, y), expected)
+    torch.manual_seed(0)
+    adv = attack(x, y)  # the labels given are the true labels; the attack picks its targets
+    with torch.no_grad():
+        p_adv = net(adv).softmax(1)[torch.arange(len(y)), expected]
+    p_clean = logits.softmax(1)[torch.arange(len(y)), expected]
+    assert float(p_adv.mean()) > 10 * float(p_clean.mean())
+
+
+def test_save_writes_the_examples_the_attack_returns(tmp_path):
+    """torchattacks' Attack.save over a DataLoader: the file holds the adversarial images (as the
+    attack returns them for the same seed) and the labels, the robust accuracy it returns is the
+    accuracy on those images, and the model is left as found."""
+    net = model()
+    x, y = images(8)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=4)
+    before = model_state(net)
+    attack = LocalFlatnessPGD(net, steps=3, seed=5)
+    rob, _, _ = attack.save(loader, save_path=str(tmp_path / "adv.pt"), verbose=False, return_verbose=True)
+    assert_same_state(before, model_state(net))
+    saved = torch.load(tmp_path / "adv.pt")
+    expected = torch.cat([LocalFlatnessPGD(net, steps=3, seed=5)(x[i:i + 4], y[i:i + 4]) for i in (0, 4)])
+    assert torch.equal(saved["labels"], y)
+    torch.testing.assert_close(saved["adv_inputs"], expected, rtol=0, atol=0)
+    assert rob == pytest.approx(100 * accuracy(net, expected, y))
+
+
 # -- behaving like torchattacks ---------------------------------------------------------------
 def test_multiattack_of_pgd_and_local_flatness_pgd():
     net = model()
