@@ -13,13 +13,14 @@ For every sample, with ``x'`` the attack's example (the core PGD by default, or 
   displacement is ``delta A phi`` with ``A = v u^T`` (``u, v`` unit), an ``A`` of spectral norm 1;
 * ``loss_change = loss(x') - loss(x)`` and ``taylor``: its second-order Taylor prediction from the
   clean logits, ``g^T dz + dz^T G dz / 2`` with ``dz = W (phi(x') - phi(x))`` (``g``, ``G``: the
-  loss's gradient and Hessian w.r.t. the logits at ``x``), exact for small displacements;
+  loss's gradient and Hessian w.r.t. the logits at ``x``), accurate to third order in ``dz``;
 * ``flatness_term = displacement^2 kappa(x) / 2``, which bounds the second-order term
   ``dz^T G dz / 2`` for a loss convex in the logits (``kappa``: per-sample relative flatness);
 * ``confidence`` (largest softmax probability at ``x'``), ``correct`` at ``x`` and ``x'``, and the
   per-sample relative flatness ``kappa_clean`` at ``x`` and ``kappa_adv`` at ``x'``.
 
-``value``: the median displacement. ``details``: summaries (robust accuracy, how many attacked
+Per-sample quantities are computed in float64 from the model's features and logits. ``value``:
+the median displacement (medians average the two middle values). ``details``: summaries (robust accuracy, how many attacked
 samples are wrong and confidently so, median kappa before and after, the Taylor prediction's
 median relative error). ``artifacts["per_sample"]``: every per-sample tensor above.
 """
@@ -52,7 +53,9 @@ KEYS = ("displacement", "loss_clean", "loss_adv", "loss_change", "taylor", "flat
 
 
 def _median(t: torch.Tensor) -> float | None:
-    return float(t.median()) if t.numel() else None
+    """The median (the mean of the two middle values for an even count; ``torch.median`` takes the
+    lower one), None for no values."""
+    return float(t.double().quantile(0.5)) if t.numel() else None
 
 
 def check_params(*, eps: float, norm: str, steps: int, step_size: float | None, seed: int | None,
@@ -133,6 +136,9 @@ def feature_displacement(
         "eps": float(eps),
         "norm": norm,
         "attack": "pgd" if attack is None else getattr(attack, "__name__", type(attack).__name__),
+        "attack_settings": None if attack is not None else {
+            "steps": steps, "step_size": 2.5 * float(eps) / steps if step_size is None else float(step_size),
+            "random_start": bool(random_start), "seed": seed},
         "layer": name,
         "num_samples": int(per["displacement"].numel()),
         "median_displacement": _median(per["displacement"]),
@@ -151,15 +157,17 @@ def feature_displacement(
         "median_loss_change": _median(per["loss_change"]),
         "median_taylor_relative_error": _median(taylor_error),
     }
-    return Measurement(name="feature_displacement", value=float(per["displacement"].median()),
+    return Measurement(name="feature_displacement", value=_median(per["displacement"]),
                        per_sample=per["displacement"], details=details, seconds=time.perf_counter() - start,
                        artifacts={"per_sample": per})
 
 
 def _add(rows, phi, phi_adv, z, z_adv, y, linear, loss_fn):
-    """Append one batch's per-sample quantities (float64 for the Taylor terms)."""
-    weight = linear.weight.detach().to(phi.dtype)
-    bias = None if linear.bias is None else linear.bias.detach().to(phi.dtype)
+    """Append one batch's per-sample quantities, computed in float64 from the model's features and
+    logits (a float32 loss difference or Taylor term of a small displacement cancels)."""
+    phi, phi_adv, z, z_adv = (t.double() for t in (phi, phi_adv, z, z_adv))
+    weight = linear.weight.detach().double()
+    bias = None if linear.bias is None else linear.bias.detach().double()
     norm = phi.norm(dim=1)
     moved = (phi_adv - phi).norm(dim=1)
     # relative to ||phi||; a zero feature vector that moves has an infinite relative displacement
@@ -181,7 +189,10 @@ def _add(rows, phi, phi_adv, z, z_adv, y, linear, loss_fn):
     rows["taylor"].append(((grad * dz).sum(1) + 0.5 * torch.einsum("nk,nkl,nl->n", dz, hess, dz)).detach().cpu())
     kappa = pairwise_from_logit_hessians(phi, weight, bias, hess, loss_fn)
     kappa_adv = pairwise_from_logit_hessians(phi_adv, weight, bias, hess_adv, loss_fn)
-    rows["flatness_term"].append((0.5 * displacement.pow(2) * kappa).nan_to_num(posinf=float("inf")).cpu())
+    # a zero feature vector that moved: no bound (inf), where 0.5 * inf * kappa(=0) is nan
+    term = torch.where(torch.isinf(displacement), torch.full_like(displacement, float("inf")),
+                       0.5 * displacement.pow(2) * kappa)
+    rows["flatness_term"].append(term.cpu())
     rows["kappa_clean"].append(kappa.cpu())
     rows["kappa_adv"].append(kappa_adv.cpu())
     rows["confidence"].append(torch.softmax(z_adv, 1).max(1).values.cpu())

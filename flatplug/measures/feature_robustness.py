@@ -32,6 +32,12 @@ Computed here, on the features of ``data`` (eval mode):
   first-order term, zero only at a critical point;
 * ``details["curve"]``: all of these over ``grid`` (default ``delta * 2**-k``, ``k = 6 .. 0``), so
   a user sees where flatness predicts the loss change (small delta) and where it stops.
+
+Everything after the model's forward pass is computed in float64 from its features: the loss
+differences of a small ``delta`` cancel in float32 (on a float32 MNIST network at ``delta = 1e-4``
+the value came out 6.4x the float64 one, 16 standard errors off). The worst case's ascent takes
+steps as long as the ball's radius and is not converged for ``delta`` of about 1 and more (4-18%
+below 30 long restarts at ``delta = 2`` in an audit; within 0.1% for ``delta <= 0.1``).
 """
 
 from __future__ import annotations
@@ -146,7 +152,7 @@ def from_features(
     if float(delta) not in deltas:
         deltas = sorted(deltas + [float(delta)])
     loss_fn = resolve_loss(loss_fn)
-    phi = phi.detach()
+    phi = phi.detach().double()  # the loss differences of small delta cancel in float32 (6x off at 1e-4)
     dtype = phi.dtype
     weight = linear.weight.detach().to(dtype)
     bias = None if linear.bias is None else linear.bias.detach().to(dtype)
@@ -253,7 +259,7 @@ def from_forward(forward: ForwardPass, **params) -> Measurement:
 
 
 INFO = MeasureInfo(
-    version="2",  # 2: kappa without float32 cancellation (cross-entropy)
+    version="2",  # 2: computed in float64; kappa without cancellation (cross-entropy)
     paper="Petzka et al. 2021, Relative Flatness and Generalization, https://arxiv.org/abs/2001.00939",
     zoo_defaults={"delta": 0.1},
     from_forward=from_forward,
