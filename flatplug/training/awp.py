@@ -15,8 +15,10 @@ never reach the model there either).
 Objectives (``reduce`` is the method's reduction, mean by default):
 
 * ``mode="pgd"`` (AT-AWP): ``reduce(l(f(x_adv), y))``;
-* ``mode="trades"`` (TRADES-AWP): ``reduce(l(f(x), y)) + beta * reduce(KL(p(x) || p(x_adv)))``,
-  ``l`` the method's loss (cross-entropy by default), computed as clean then adversarial forward pass.
+* ``mode="trades"`` (TRADES-AWP): ``reduce(l(f(x), y)) + beta * mean_i KL(p(x_i) || p(x_adv_i))``,
+  ``l`` the method's loss (cross-entropy by default), computed as clean then adversarial forward
+  pass. The KL term is the batch mean whatever ``reduce`` is, as in TRADES' code and ART's
+  ``AdversarialTrainerAWPPyTorch`` (``(1 / n) * KLDivLoss(reduction="sum")``).
 
 ``warmup``: the first ``warmup`` epochs of a ``train`` call run without weight perturbation
 (plain PGD-AT / TRADES), as ART's and the official ``--awp-warmup``. ``gamma`` defaults to the
@@ -71,7 +73,7 @@ class AWP(PGDAT):
         if self.mode == "trades":
             logits = model(x)
             logits_adv = model(x_adv)
-            loss = self.objective(logits, y) + self.beta * self.reduce(kl_per_sample(logits, logits_adv))
+            loss = self.objective(logits, y) + self.beta * kl_per_sample(logits, logits_adv).mean()
             return loss, logits_adv
         logits_adv = model(x_adv)
         return self.objective(logits_adv, y), logits_adv

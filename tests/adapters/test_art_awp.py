@@ -38,14 +38,19 @@ def attack_on(clf):
                                     verbose=False)
 
 
-@pytest.mark.parametrize("mode", ["PGD", "TRADES"])
-def test_awp_trainer_reproduces_arts_awp_trainer(data, mode):
+@pytest.mark.parametrize("mode,reduction", [("PGD", "mean"), ("TRADES", "mean"), ("PGD", "sum"), ("TRADES", "sum")])
+def test_awp_trainer_reproduces_arts_awp_trainer(data, mode, reduction):
+    """Also with ART's test fixture's loss, ``CrossEntropyLoss(reduction="sum")``: ART's TRADES term is
+    then the summed cross-entropy plus beta times the batch-*mean* KL (flatplug summed the KL, 1.3e-3
+    off in the weights)."""
     x, y, xv, yv = data
-    reference, proxy = classifier(5, sgd=True, lr=0.05), classifier(6, sgd=True, lr=1.0)
+    lr = 0.05 if reduction == "mean" else 0.05 / 64
+    loss = torch.nn.CrossEntropyLoss(reduction=reduction)
+    reference, proxy = classifier(5, sgd=True, lr=lr, loss=loss), classifier(6, sgd=True, lr=1.0, loss=loss)
     np.random.seed(0)
     AdversarialTrainerAWPPyTorch(reference, proxy, attack_on(reference), mode=mode, gamma=0.01, beta=6.0,
                                  warmup=1).fit(x, y, batch_size=64, nb_epochs=2)
-    ours = classifier(5, sgd=True, lr=0.05)
+    ours = classifier(5, sgd=True, lr=lr, loss=loss)
     trainer = fa.AWPTrainer(ours, attack=attack_on(ours), mode=mode, gamma=0.01, beta=6.0, warmup=1)
     np.random.seed(0)
     assert trainer.fit(x, y, validation_data=None, batch_size=64, nb_epochs=2, verbose=False) is None

@@ -66,6 +66,32 @@ def test_null_method_reproduces_art_fit_batch_for_batch(small, method, params, t
     assert_same_weights(ours, reference)
 
 
+@pytest.mark.parametrize("defence", ["predict-only", "fit-only"])
+@pytest.mark.parametrize("training_mode", [True, False])
+def test_fit_applies_the_fit_time_defences_in_either_training_mode(small, training_mode, defence):
+    """ART's fit applies the defences flagged ``apply_fit`` whatever ``training_mode`` is, and never the
+    predict-only ones. With ``training_mode=False`` flatplug picked the defences by its wrapper's eval
+    mode: a predict-only defence ran and a fit-only one did not (weights 1.5e-3 to 3.2e-3 off ART's
+    after one epoch in the audit). One numpy defence before the standardisation: the chain ART's
+    PyTorchClassifier runs with numpy defences."""
+    from art.defences.preprocessor import FeatureSqueezing, SpatialSmoothing
+
+    def defences():
+        if defence == "predict-only":
+            return [FeatureSqueezing(clip_values=(0.0, 1.0), bit_depth=2)]
+        return [SpatialSmoothing(window_size=3, apply_fit=True, apply_predict=False)]
+
+    x, y = small
+    reference = classifier(4, sgd=True, lr=0.1, preprocessing_defences=defences())
+    ours = flat(4, sgd=True, lr=0.1, method="sam", rho=0.0, preprocessing_defences=defences())
+    torch.manual_seed(11)
+    reference.fit(x, y, batch_size=64, nb_epochs=1, training_mode=training_mode)
+    torch.manual_seed(11)
+    ours.fit(x, y, batch_size=64, nb_epochs=1, training_mode=training_mode)
+    assert ours.model.training is training_mode and reference.model.training is training_mode
+    assert_same_weights(ours, reference)
+
+
 def test_unseeded_fit_follows_the_global_generators(small):
     """No seed=: two runs after the same torch.manual_seed are identical (ART's contract), and differ otherwise."""
     x, y = small

@@ -75,9 +75,9 @@ class FlatPyTorchClassifier(PyTorchClassifier):
 
     def _train(self, loader, nb_epochs: int, scheduler, verbose: bool, seed, training_mode: bool) -> None:
         optimizer = check_optimizer(self, f"{type(self).__name__}.fit")
-        module = PreprocessedModel(self)
+        module = PreprocessedModel(self, network_training=training_mode)  # fit-time defences either way, as ART
         self.history = train(module, loader, method=self._flat_method, epochs=nb_epochs, optimizer=optimizer,
-                             scheduler=scheduler, quiet=not verbose, seed=seed, training_mode=training_mode)
+                             scheduler=scheduler, quiet=not verbose, seed=seed, training_mode=True)
         self._model.train(mode=training_mode)  # where ART's fit leaves it
 
     def fit(self, x: np.ndarray, y: np.ndarray, batch_size: int = 128, nb_epochs: int = 10, training_mode: bool = True,

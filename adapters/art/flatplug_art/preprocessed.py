@@ -6,8 +6,11 @@ wrapper bridges the two in torch, so attacks, LFR's inner maximisation and every
 measure see [0, 1] inputs while the network sees exactly what ART would feed it. It holds the
 classifier's own network as its child ``model``: training the wrapper trains the classifier.
 
-Preprocessing operations follow ART's flags: those with ``apply_fit`` run in train mode, those
-with ``apply_predict`` in eval mode (the mode attacks and measures run in). Standardisation runs as
+Preprocessing operations follow ART's flags: those with ``apply_fit`` run while the wrapper is in
+train mode (fitting), those with ``apply_predict`` in eval mode (the mode attacks and measures run
+in). ``fit(training_mode=False)`` keeps the wrapper in train mode, so the fit-time defences run as
+in ART's ``fit``, and holds only the classifier's network in eval mode
+(``PreprocessedModel(network_training=False)``). Standardisation runs as
 plain torch ops (any dtype); other ``PreprocessorPyTorch`` defences run their ``forward`` and are
 differentiated through it, as ART's ``loss_gradient`` does. Numpy-only defences
 (``FeatureSqueezing``, ``SpatialSmoothing``, ...) run in numpy where ART runs them and no input
@@ -130,11 +133,20 @@ def preprocessing_modules(classifier) -> list[nn.Module]:
 class PreprocessedModel(nn.Module):
     """``model(preprocess(lo + u * (hi - lo)))`` for [0, 1] inputs ``u``: the classifier as a flatplug model."""
 
-    def __init__(self, classifier, space: InputSpace | None = None):
+    def __init__(self, classifier, space: InputSpace | None = None, *, network_training: bool = True):
         super().__init__()
         self.space = space or InputSpace.of(classifier)
         self.model = classifier.model
         self.preprocessing = nn.ModuleList(preprocessing_modules(classifier))
+        self.network_training = bool(network_training)
+
+    def train(self, mode: bool = True) -> "PreprocessedModel":
+        """Train mode selects the fit-time defences; the network itself trains only if ``network_training``
+        (ART's ``fit(training_mode=False)``: fit-time preprocessing, the network in eval mode)."""
+        super().train(mode)
+        if mode and not self.network_training:
+            self.model.train(False)
+        return self
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         x = self.space.from_unit(u)
