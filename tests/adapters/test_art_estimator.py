@@ -183,3 +183,50 @@ def test_bad_input(small):
         flat(loss=torch.nn.MSELoss())
     with pytest.raises(ValueError, match="10 labels for 256 inputs"):
         flat().fit(x, y[:10])
+
+
+def test_inputs_art_fit_accepts_are_accepted_by_methods_that_do_not_perturb_inputs(small):
+    """ART's fit trains on whatever arrays it is given: data a hair outside clip_values, per-feature
+    clip_values, a numpy integer nb_epochs, and nb_epochs=0 (no pass). flatplug refused all four even for
+    methods that never move the inputs; now those methods train as ART does, and a method that perturbs
+    inputs still refuses, naming the exact values."""
+    x, y = small
+    x = x + np.float32(1e-6)  # max 1.00000095 > clip 1
+    reference = classifier(4, sgd=True, lr=0.1)
+    ours = flat(4, sgd=True, lr=0.1, method="sam", rho=0.0)
+    torch.manual_seed(11)
+    reference.fit(x, y, batch_size=64, nb_epochs=np.int64(1))
+    torch.manual_seed(11)
+    ours.fit(x, y, batch_size=64, nb_epochs=np.int64(1))
+    assert_same_weights(ours, reference)
+    before = weights(ours.model)
+    ours.fit(x, y, batch_size=64, nb_epochs=0, training_mode=False)
+    assert all(torch.equal(a, b) for a, b in zip(before, weights(ours.model))) and not ours.model.training
+    with pytest.raises(ValueError, match=r"values span \[9.99999997e-07, 1.00000095\], outside the classifier's clip_values"):
+        flat(4, method="pgd-at", eps=0.1).fit(x, y, nb_epochs=1)
+    per_feature = (np.zeros((1, 28, 28), np.float32), np.full((1, 28, 28), 1.0, np.float32))
+    per_feature[1][0, 0, 0] = 2.0
+    reference = classifier(4, sgd=True, lr=0.1, clip=per_feature)
+    ours = flat(4, sgd=True, lr=0.1, clip=per_feature, method="sam", rho=0.0)
+    torch.manual_seed(11)
+    reference.fit(x, y, batch_size=64, nb_epochs=1)
+    torch.manual_seed(11)
+    ours.fit(x, y, batch_size=64, nb_epochs=1)
+    assert_same_weights(ours, reference)
+    with pytest.raises(ValueError, match="per-feature clip ranges are not supported"):
+        flat(4, clip=per_feature, method="pgd-at", eps=0.1)
+    with pytest.raises(ValueError, match="nb_epochs: expected 0 or more"):
+        ours.fit(x, y, nb_epochs=-1)
+
+
+def test_label_rewriting_defences_are_refused_with_a_clear_error(small):
+    """LabelSmoothing (a fit-time defence that rewrites y) failed inside ART on the first batch with
+    "Labels `y` cannot be None."; flatplug's methods train on the labels given, so it is refused up front."""
+    from art.defences.preprocessor import LabelSmoothing
+
+    x, y = small
+    clf = flat(4, method="sam", rho=0.05, preprocessing_defences=[LabelSmoothing()])
+    with pytest.raises(TypeError, match="LabelSmoothing rewrites the labels"):
+        clf.fit(x, y, nb_epochs=1)
+    with pytest.raises(TypeError, match="LabelSmoothing rewrites the labels"):
+        fa.SAMTrainer(classifier(4, preprocessing_defences=[LabelSmoothing()]), rho=0.05)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import operator
+from typing import Any
+
 from flatplug.training import TrainingMethod
 
 from ._loss import per_sample_form
@@ -20,6 +23,20 @@ def check_classifier(classifier, who: str):
             "optimizer=..., clip_values=(0, 1))"
         )
     return classifier
+
+
+def epoch_count(nb_epochs: Any, who: str) -> int:
+    """ART's ``nb_epochs``: any whole number (numpy integers too) of 0 or more; 0 trains nothing, as
+    ART's ``range(nb_epochs)`` does."""
+    if isinstance(nb_epochs, bool):
+        raise TypeError(f"{who}: nb_epochs: expected a whole number of epochs, got {nb_epochs!r}")
+    try:
+        count = operator.index(nb_epochs)
+    except TypeError:
+        raise TypeError(f"{who}: nb_epochs: expected a whole number of epochs, got {nb_epochs!r}") from None
+    if count < 0:
+        raise ValueError(f"{who}: nb_epochs: expected 0 or more epochs, got {count}")
+    return count
 
 
 def check_optimizer(classifier, who: str):

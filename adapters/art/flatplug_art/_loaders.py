@@ -85,7 +85,8 @@ class GeneratorBatches:
     ``DataLoader`` (``PyTorchClassifier.fit_generator``'s fast path).
     """
 
-    def __init__(self, generator, nb_classes: int, space: InputSpace, batches: int | str | None = None):
+    def __init__(self, generator, nb_classes: int, space: InputSpace, batches: int | str | None = None,
+                 strict: bool = True):
         from art.data_generators import DataGenerator
 
         if not isinstance(generator, DataGenerator):
@@ -95,7 +96,7 @@ class GeneratorBatches:
             )
         if generator.size is None:
             raise ValueError("generator: its size is None; give the DataGenerator the dataset size so an epoch has an end")
-        self.generator, self.nb_classes, self.space = generator, nb_classes, space
+        self.generator, self.nb_classes, self.space, self.strict = generator, nb_classes, space, strict
         self.batches = math.ceil(generator.size / generator.batch_size) if batches is None else batches
 
     def __len__(self) -> int:
@@ -114,6 +115,6 @@ class GeneratorBatches:
         for b, (x, y) in enumerate(self._raw()):
             if isinstance(x, torch.Tensor):
                 x = x.detach().cpu().numpy()
-            u = self.space.to_unit(x, name=f"generator batch {b} inputs")
+            u = self.space.to_unit(x, name=f"generator batch {b} inputs", strict=self.strict)
             idx = index_labels(y, u.shape[0], self.nb_classes, name=f"generator batch {b} labels")
             yield torch.from_numpy(u), torch.from_numpy(idx)

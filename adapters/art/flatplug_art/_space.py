@@ -22,10 +22,13 @@ INPUT_LENGTHS = ("eps", "step_size", "lfr_step_size")
 
 @dataclass(frozen=True)
 class InputSpace:
-    """``low``/``high``: the classifier's scalar clip range, or ``None`` when it declares none."""
+    """``low``/``high``: the classifier's scalar clip range, or ``None`` when it declares none (or declares
+    per-feature ranges, ``per_feature``: then the data pass through unchanged, which suits methods that
+    do not perturb inputs; those that do are refused by :meth:`require`)."""
 
     low: float | None = None
     high: float | None = None
+    per_feature: bool = False
 
     @classmethod
     def of(cls, classifier) -> "InputSpace":
@@ -34,10 +37,7 @@ class InputSpace:
             return cls()
         lo, hi = np.asarray(clip[0], dtype=np.float64), np.asarray(clip[1], dtype=np.float64)
         if lo.size > 1 and np.ptp(lo) > 0 or hi.size > 1 and np.ptp(hi) > 0:
-            raise ValueError(
-                "clip_values: per-feature clip ranges are not supported by flatplug's input-space methods; "
-                "give the PyTorchClassifier one (min, max) pair, e.g. clip_values=(0, 1)"
-            )
+            return cls(per_feature=True)
         return cls(float(lo.flat[0]), float(hi.flat[0]))
 
     @property
@@ -53,7 +53,13 @@ class InputSpace:
         return 1.0 if not self.bounded else self.high - self.low  # type: ignore[operator]
 
     def require(self, who: str) -> None:
-        """Raise when a method that perturbs inputs meets a classifier without clip values."""
+        """Raise when a method that perturbs inputs meets a classifier without one clip range."""
+        if self.per_feature:
+            raise ValueError(
+                f"{who} perturbs inputs: per-feature clip ranges are not supported by flatplug's input-space "
+                "methods; give the PyTorchClassifier one (min, max) pair, e.g. clip_values=(0, 1), or train "
+                "with a method that does not perturb inputs (standard, sam, asam, fam)"
+            )
         if not self.bounded:
             raise ValueError(
                 f"{who} perturbs inputs inside the valid input range, but the classifier has no clip_values; "
@@ -68,8 +74,11 @@ class InputSpace:
                 out[key] = out[key] / self.width
         return out
 
-    def to_unit(self, x: np.ndarray, *, name: str = "x") -> np.ndarray:
-        """ART-unit data -> float32 data for the core, in [0, 1] when the range is bounded (checked)."""
+    def to_unit(self, x: np.ndarray, *, name: str = "x", strict: bool = True) -> np.ndarray:
+        """ART-unit data -> float32 data for the core, in [0, 1] when the range is bounded (checked).
+
+        ``strict=False`` (methods that do not perturb inputs, which ART's ``fit`` lets see data outside
+        ``clip_values``): no range check and no clipping; the map stays exact both ways."""
         x = np.asarray(x)
         if x.dtype == object or not np.issubdtype(x.dtype, np.number):
             raise TypeError(f"{name}: expected a numeric numpy array of inputs, got dtype {x.dtype}")
@@ -80,11 +89,14 @@ class InputSpace:
             raise ValueError(f"{name}: the inputs contain NaN or inf; clean or drop those samples")
         if not self.bounded:
             return x
+        if not strict:
+            return x if self.identity else ((x - np.float32(self.low)) / np.float32(self.width)).astype(np.float32)
         lo, hi = float(x.min()), float(x.max())
         if lo < self.low or hi > self.high:  # type: ignore[operator]
             raise ValueError(
-                f"{name}: values span [{lo:g}, {hi:g}], outside the classifier's clip_values "
-                f"[{self.low:g}, {self.high:g}]; rescale the data or fix clip_values"
+                f"{name}: values span [{lo:.9g}, {hi:.9g}], outside the classifier's clip_values "
+                f"[{self.low:.9g}, {self.high:.9g}]; rescale the data or fix clip_values (a method that "
+                "perturbs inputs keeps them inside this range)"
             )
         if self.identity:
             return x

@@ -25,7 +25,7 @@ from art.estimators.classification import PyTorchClassifier
 from flatplug.training import History, TrainingMethod, train
 
 from ._build import build_method
-from ._classifier import check_optimizer
+from ._classifier import check_optimizer, epoch_count
 from ._labels import index_labels
 from ._loaders import GeneratorBatches, LoaderBatches
 from ._space import InputSpace
@@ -75,6 +75,10 @@ class FlatPyTorchClassifier(PyTorchClassifier):
 
     def _train(self, loader, nb_epochs: int, scheduler, verbose: bool, seed, training_mode: bool) -> None:
         optimizer = check_optimizer(self, f"{type(self).__name__}.fit")
+        nb_epochs = epoch_count(nb_epochs, f"{type(self).__name__}.fit")
+        if nb_epochs == 0:  # ART's fit: no pass over the data, the network left in training_mode
+            self._model.train(mode=training_mode)
+            return
         module = PreprocessedModel(self, network_training=training_mode)  # fit-time defences either way, as ART
         self.history = train(module, loader, method=self._flat_method, epochs=nb_epochs, optimizer=optimizer,
                              scheduler=scheduler, quiet=not verbose, seed=seed, training_mode=True)
@@ -89,7 +93,7 @@ class FlatPyTorchClassifier(PyTorchClassifier):
         (``AdversarialTrainerMadryPGD`` passes ``validation_data`` here, for instance).
         """
         space = InputSpace.of(self)
-        u = space.to_unit(x)
+        u = space.to_unit(x, strict=self._flat_method.needs_unit_inputs)
         idx = index_labels(y, u.shape[0], self.nb_classes)
         loader = LoaderBatches(u, idx, batch_size, drop_last=drop_last)
         self._train(loader, nb_epochs, scheduler, verbose, kwargs.get("seed"), training_mode)
@@ -101,7 +105,8 @@ class FlatPyTorchClassifier(PyTorchClassifier):
         (ART's fast path); any other generator gives ``int(size / batch_size)`` batches per epoch.
         Extra keywords: ``seed`` and ``scheduler`` (flatplug's); others are ignored, as ART ignores them.
         """
-        loader = GeneratorBatches(generator, self.nb_classes, InputSpace.of(self), batches=self._generator_batches(generator))
+        loader = GeneratorBatches(generator, self.nb_classes, InputSpace.of(self), batches=self._generator_batches(generator),
+                                  strict=self._flat_method.needs_unit_inputs)
         self._train(loader, nb_epochs, kwargs.get("scheduler"), verbose, kwargs.get("seed"), True)
 
     def _generator_batches(self, generator) -> int | str:

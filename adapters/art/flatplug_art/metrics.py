@@ -7,8 +7,11 @@ measures use (softmax cross-entropy). They return a float, like ART's metrics, o
 :class:`flatplug.Measurement` with ``return_measurement=True``. Other keywords go to the core
 measure (``k``, ``probes``, ``rho``, ``eps``, ...); ``layer`` and ``params`` name modules and
 parameters as in the classifier's own network; ``eps``/``step_size`` of ``local_flatness`` are in
-the classifier's units and its gradient norms are w.r.t. the classifier's inputs (so they match
-``loss_sensitivity``'s scale). The classifier is left as it was (modes, weights, gradients).
+the classifier's units and its gradient norms are of each sample's own loss w.r.t. the classifier's
+inputs: ``local_flatness(eps=0)`` is ``loss_sensitivity`` of a classifier whose loss sums over the
+batch (ART differentiates the classifier's loss of the whole batch, so with the default mean
+reduction ``loss_sensitivity`` is N times smaller). The classifier is left as it was (modes,
+weights, gradients).
 
 The same functions are registered as flatplug measures ``art.<name>``, called as
 ``fp.measure("art.hessian_trace", classifier, (x, y), probes=50)`` and returning the Measurement.

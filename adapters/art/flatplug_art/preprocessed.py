@@ -10,7 +10,10 @@ Preprocessing operations follow ART's flags: those with ``apply_fit`` run while 
 train mode (fitting), those with ``apply_predict`` in eval mode (the mode attacks and measures run
 in). ``fit(training_mode=False)`` keeps the wrapper in train mode, so the fit-time defences run as
 in ART's ``fit``, and holds only the classifier's network in eval mode
-(``PreprocessedModel(network_training=False)``). Standardisation runs as
+(``PreprocessedModel(network_training=False)``). The defences run on every forward pass of
+training (each batch; twice in a SAM step), where ART's ``fit`` runs its fit-time set once over the
+whole array: deterministic defences give the same inputs either way, random ones (e.g.
+``GaussianAugmentation(augmentation=False)``) draw fresh noise per pass instead of once per ``fit``. Standardisation runs as
 plain torch ops (any dtype); other ``PreprocessorPyTorch`` defences run their ``forward`` and are
 differentiated through it, as ART's ``loss_gradient`` does. Numpy-only defences
 (``FeatureSqueezing``, ``SpatialSmoothing``, ...) run in numpy where ART runs them and no input
@@ -112,13 +115,26 @@ def numpy_ops_in_gradient_path(classifier, *, train: bool = True, predict: bool 
             and ((train and op.apply_fit) or (predict and op.apply_predict))]
 
 
+#: ART defences that rewrite the labels (or mix samples): flatplug's methods train on the labels given
+LABEL_DEFENCES = ("LabelSmoothing", "Mixup", "MixupPyTorch", "MixupTensorFlowV2", "CutMix", "CutMixPyTorch",
+                  "CutMixTensorFlowV2")
+
+
 def preprocessing_modules(classifier) -> list[nn.Module]:
-    """The classifier's preprocessing operations as torch modules, in ART's order."""
+    """The classifier's preprocessing operations as torch modules, in ART's order (label-rewriting
+    defences refused up front, rather than failing inside ART on the first batch)."""
     from art.defences.preprocessor.preprocessor import PreprocessorPyTorch
 
     standard = _standardisation_types()
     mods: list[nn.Module] = []
     for op in classifier.preprocessing_operations:
+        name = type(op).__name__
+        if name in LABEL_DEFENCES and (op.apply_fit or op.apply_predict):
+            raise TypeError(
+                f"preprocessing: {name} rewrites the labels (or mixes samples), and flatplug's methods train on "
+                "the inputs and labels as given; build the classifier without it for flatplug's training, "
+                "set its apply_fit off, or train with ART's own fit"
+            )
         if isinstance(op, standard):
             if np.all(op.mean == 0) and np.all(op.std == 1):
                 continue

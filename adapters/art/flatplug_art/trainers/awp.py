@@ -18,8 +18,8 @@ class AWPTrainer(FlatAdversarialTrainer):
     maximiser in ``"trades"`` mode), in the classifier's input units; or ``attack``, an ART
     ``EvasionAttack`` (as ART's trainer takes) or a callable on [0, 1] tensors, used in both modes.
     Arguments left at None take the core method's defaults (``flatplug.training.AWP``: gamma 5e-3,
-    mode "pgd", beta 6, warmup 0). Given the same attack, data order and a plain-SGD proxy, the
-    updates are ART's (tested).
+    the paper's, where ART's default is 0.01; mode "pgd", beta 6, warmup 0). Given the same attack,
+    data order and a plain-SGD proxy, the updates are ART's, under a mean or a sum loss (tested).
     """
 
     def __init__(self, classifier, *, eps: float | None = None, gamma: float | None = None,

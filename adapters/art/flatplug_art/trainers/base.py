@@ -25,7 +25,7 @@ from flatplug.attacks import correct_under
 from flatplug.sources import to_loader
 from flatplug.training import History, TrainingMethod, train
 
-from .._classifier import adopt, check_classifier, check_optimizer
+from .._classifier import adopt, check_classifier, check_optimizer, epoch_count
 from .._labels import index_labels
 from .._loaders import ArrayBatches, GeneratorBatches
 from .._space import InputSpace
@@ -91,7 +91,7 @@ class FlatTrainer(Trainer):
         """
         who = f"{type(self).__name__}.fit"
         opts = fit_options(kwargs, FIT_OPTIONS, who)
-        u = self._space.to_unit(x)
+        u = self._space.to_unit(x, strict=self.method.needs_unit_inputs)
         idx = index_labels(y, u.shape[0], self._classifier.nb_classes)
         loader = ArrayBatches(u, idx, batch_size, shuffle=opts["shuffle"], drop_last=opts["drop_last"],
                               seed=opts["seed"])
@@ -106,11 +106,16 @@ class FlatTrainer(Trainer):
         """
         who = f"{type(self).__name__}.fit_generator"
         opts = fit_options(kwargs, GENERATOR_OPTIONS, who)
-        loader = GeneratorBatches(generator, self._classifier.nb_classes, self._space)
+        loader = GeneratorBatches(generator, self._classifier.nb_classes, self._space,
+                                  strict=self.method.needs_unit_inputs)
         self._run(loader, nb_epochs, scheduler, validation_data, opts)
 
     def _run(self, loader, nb_epochs, scheduler, validation_data, opts) -> None:
         optimizer = check_optimizer(self._classifier, type(self).__name__)
+        nb_epochs = epoch_count(nb_epochs, f"{type(self).__name__}.fit")
+        if nb_epochs == 0:  # ART's trainers: no pass over the data, nothing changed
+            self.history = History(self.method.name, self.method.settings())
+            return
         on_epoch = None if validation_data is None else self._validation(validation_data)
         self.history = train(self._module, loader, method=self.method, epochs=nb_epochs, optimizer=optimizer,
                              scheduler=scheduler, amp=opts["amp"], quiet=not opts["verbose"], seed=opts["seed"],
@@ -125,7 +130,7 @@ class FlatTrainer(Trainer):
         if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
             raise ValueError("validation_data: expected a pair (x_val, y_val) of numpy arrays")
         x_val = validation_data[0]
-        u = self._space.to_unit(x_val, name="validation_data x")
+        u = self._space.to_unit(x_val, name="validation_data x", strict=self.method.needs_unit_inputs)
         idx = index_labels(validation_data[1], u.shape[0], self._classifier.nb_classes, name="validation_data y")
         batches = to_loader(torch.from_numpy(u), torch.from_numpy(idx), 256)
 
