@@ -230,3 +230,21 @@ def test_label_rewriting_defences_are_refused_with_a_clear_error(small):
         clf.fit(x, y, nb_epochs=1)
     with pytest.raises(TypeError, match="LabelSmoothing rewrites the labels"):
         fa.SAMTrainer(classifier(4, preprocessing_defences=[LabelSmoothing()]), rho=0.05)
+
+
+def test_arts_positional_arguments_are_accepted():
+    """PyTorchClassifier takes all its arguments positionally (use_amp, opt_level, loss_scale,
+    channels_first, clip_values, ...); a pipeline that builds it that way must be able to swap in the
+    flat classifier. They were keyword-only after ``optimizer``."""
+    from art_support import tiny_cnn
+
+    net = tiny_cnn(0)
+    opt = torch.optim.SGD(net.parameters(), 0.1)
+    args = (net, torch.nn.CrossEntropyLoss(), (1, 28, 28), 10, opt, False, "O1", "dynamic", True, (0.0, 1.0), None,
+            None, (MEAN, STD), "cpu")
+    ours, theirs = fa.FlatPyTorchClassifier(*args, method="sam", rho=0.1), PyTorchClassifier(*args)
+    for key in ("clip_values", "channels_first", "input_shape", "nb_classes"):
+        np.testing.assert_equal(getattr(ours, key), getattr(theirs, key))
+    assert float(ours.preprocessing.mean) == pytest.approx(MEAN) and ours.flat_method.rho == 0.1
+    with pytest.raises(TypeError, match="multiple values for argument 'clip_values'"):
+        fa.FlatPyTorchClassifier(*args[:10], clip_values=(0.0, 1.0))

@@ -33,6 +33,8 @@ from .preprocessed import PreprocessedModel
 
 #: keyword arguments that belong to ``PyTorchClassifier``; every other keyword is a method parameter
 ART_KEYWORDS = frozenset(inspect.signature(PyTorchClassifier.__init__).parameters) - {"self"}
+#: ``PyTorchClassifier``'s arguments after ``optimizer``, in order (they may be passed positionally, as to ART)
+ART_POSITIONAL = tuple(list(inspect.signature(PyTorchClassifier.__init__).parameters)[6:])
 
 
 class FlatPyTorchClassifier(PyTorchClassifier):
@@ -46,8 +48,15 @@ class FlatPyTorchClassifier(PyTorchClassifier):
     ``clip_values``. ``history`` holds the last ``fit``'s :class:`flatplug.training.History`.
     """
 
-    def __init__(self, model, loss, input_shape, nb_classes: int, optimizer=None, *, method: str = "sam",
+    def __init__(self, model, loss, input_shape, nb_classes: int, optimizer=None, *args: Any, method: str = "sam",
                  **kwargs: Any) -> None:
+        if len(args) > len(ART_POSITIONAL):
+            raise TypeError(f"FlatPyTorchClassifier: PyTorchClassifier takes {5 + len(ART_POSITIONAL)} positional "
+                            f"arguments after self, got {5 + len(args)}")
+        for name, value in zip(ART_POSITIONAL, args):
+            if name in kwargs:
+                raise TypeError(f"FlatPyTorchClassifier: got multiple values for argument {name!r}")
+            kwargs[name] = value
         art_kwargs = {k: v for k, v in kwargs.items() if k in ART_KEYWORDS}
         method_params = {k: v for k, v in kwargs.items() if k not in ART_KEYWORDS}
         super().__init__(model, loss, input_shape, nb_classes, optimizer=optimizer, **art_kwargs)
