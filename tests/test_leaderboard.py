@@ -81,7 +81,7 @@ def test_table_order_errors_published_difference_and_masking(board):
     follows its rule; the model with nothing retrieved says so."""
     import pandas as pd
 
-    from flatplug.leaderboard.table import MASKING_MARGIN
+    from flatplug.leaderboard.table import LEADERBOARD_MASKING_MARGIN
 
     shared, tmp, paths = board
     r = pd.read_csv(paths["results_csv"])
@@ -97,7 +97,7 @@ def test_table_order_errors_published_difference_and_masking(board):
     assert (eran.published_clean_value == 0.96).all() and eran.published_robust_kind.isna().all()
     gap = r.pgd - r.autoattack
     se = np.sqrt(r.pgd * (1 - r.pgd) / N + r.autoattack * (1 - r.autoattack) / N)
-    assert list(r.masking) == list((gap > np.maximum(MASKING_MARGIN, 2 * se)))
+    assert list(r.masking) == list((gap > np.maximum(LEADERBOARD_MASKING_MARGIN, 2 * se)))
     text = paths["markdown"].read_text()
     assert "## MNIST test set, Linf 0.1" in text and "## MNIST test set, Linf 0.3" in text
     assert "not retrieved" in text  # madry_cnn_tiny

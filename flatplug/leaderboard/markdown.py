@@ -8,7 +8,7 @@ from typing import Any
 
 from .plan import DATASET_NAMES, LITE_ITERATIONS, LITE_RESTARTS, PGD_STEPS, Plan, aa_label
 from .published import Entry
-from .table import MASKING_MARGIN, MEASURES
+from .table import LEADERBOARD_MASKING_MARGIN, MEASURES
 
 MEASURE_LABELS = {
     "relative_flatness_mean": "κ mean", "relative_flatness_median": "κ median", "hessian_max_eigenvalue": "λmax",
@@ -112,8 +112,10 @@ def _header(plan: Plan, record: dict[str, Any], command: str) -> list[str]:
         "Accuracies in % ± one binomial standard error. " + _aa_text(plan.aa),
         f"**PGD-{PGD_STEPS}**: {PGD_STEPS} steps of 2.5·eps/{PGD_STEPS} from a random start. Rows are sorted by "
         f"{aa_label(plan.aa)} accuracy. **mask?**: PGD accuracy above {aa_label(plan.aa)} accuracy by more than "
-        f"{100 * MASKING_MARGIN:.0f} pp and two standard errors of the difference, a sign of gradient masking "
-        "(the flatness of such a model describes masked gradients, not robustness).", "",
+        f"{100 * LEADERBOARD_MASKING_MARGIN:.0f} pp and two standard errors of the difference, a sign of gradient "
+        "masking (the flatness of such a model describes masked gradients, not robustness). The standard errors are "
+        "those of independent samples; both attacks run on the same images, so the rule is conservative (in "
+        "practice a gap of 4-6 pp).", "",
         "**published**: the authors' (or their benchmark's) strongest robust figure at this threat model and "
         "their clean accuracy, with ours minus theirs where their images are the test set or an unfiltered "
         "sample of it; `flatplug/leaderboard/published.json` quotes every figure. *not published*: none in "

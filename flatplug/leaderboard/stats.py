@@ -8,9 +8,16 @@ For variables x (a measure), y (AutoAttack accuracy) and z (clean accuracy):
   rank(y) after a least-squares fit on rank(z) (Conover 1999, section 5.4).
 * partial Kendall (Kendall 1942): the same formula with Kendall's tau-b in place of ``r``.
 
-Both come with 95% bootstrap percentile intervals over models (paired resamples; a resample where
-a variable is constant, or where x or y is perfectly rank-correlated with z, gives no estimate and
-is dropped), like the plain correlations of :func:`flatplug.report.correlations`.
+Both come with 95% Fisher-z intervals, ``tanh(atanh(r) +- 1.96 sqrt(v / (n - k - c)))`` with
+``k = 1`` controlled variable and the variances of Fieller, Hartley & Pearson (1957, "Tests for rank
+correlation coefficients. I", Biometrika 44): ``v = 1.06, c = 3`` for Spearman, ``v = 0.437,
+c = 4`` for Kendall (so at least 5 and 6 models). Not a bootstrap over models, as for the plain
+correlations of :func:`flatplug.report.correlations`: with a zoo of 8 models a resample holds
+about 5 distinct models, where a partial correlation is often exactly +-1 or undefined, and the
+percentile interval excluded zero in 34% of simulated zoos without any partial correlation (x
+independent of y and z, y tracking z; 300 zoos), against 7% (Spearman) and 3% (Kendall) for
+these intervals (3,000 zoos; 4% and 1% at 10 models, 4% and 1% at 16, where the bootstrap's was
+4%). At 6 models every interval here is unreliable (12% to 16%).
 """
 
 from __future__ import annotations
@@ -23,6 +30,9 @@ import numpy as np
 from ..report import correlations  # noqa: F401  (the plain rank correlations, used beside the partial ones)
 
 MIN_N = 4
+#: Fieller, Hartley & Pearson (1957): the variance numerator and the degrees lost of Fisher's z
+FISHER = {"spearman": (1.06, 3), "kendall": (0.437, 4)}
+Z_975 = 1.959963984540054
 
 
 def _ranks(a: np.ndarray) -> np.ndarray:
@@ -83,30 +93,40 @@ class PartialCorrelation:
     spearman_ci: tuple[float, float]
     kendall: float
     kendall_ci: tuple[float, float]
-    n_boot_valid: int
     reason: str | None = None
+    interval: str = "Fisher z (Fieller et al. 1957), 95%"
 
 
-def partial_correlations(table, x: str, y: str, z: str, *, n_boot: int = 1000, seed: int = 0) -> PartialCorrelation:
-    """Partial rank correlations of ``table[x]`` and ``table[y]`` controlling for ``table[z]``, over its rows."""
+def fisher_interval(r: float, n: int, kind: str, controlled: int = 1) -> tuple[float, float]:
+    """The 95% Fisher-z interval of a (partial) rank correlation ``r`` over ``n`` models (NaN when too few)."""
+    v, c = FISHER[kind]
+    df = n - controlled - c
+    if df <= 0 or not math.isfinite(r):
+        return (math.nan, math.nan)
+    z = math.atanh(min(max(r, -1.0 + 1e-15), 1.0 - 1e-15))
+    half = Z_975 * math.sqrt(v / df)
+    return (math.tanh(z - half), math.tanh(z + half))
+
+
+def partial_correlations(table, x: str, y: str, z: str) -> PartialCorrelation:
+    """Partial rank correlations of ``table[x]`` and ``table[y]`` controlling for ``table[z]``, over its
+    rows, with Fisher-z intervals (see the module docstring)."""
     cols = [np.asarray(table[c], dtype=float) for c in (x, y, z)]
     keep = np.all([np.isfinite(c) for c in cols], axis=0)
     xs, ys, zs = (c[keep] for c in cols)
     n = int(keep.sum())
     nan2 = (math.nan, math.nan)
     if n < MIN_N:
-        return PartialCorrelation(x, y, z, n, math.nan, nan2, math.nan, nan2, 0,
+        return PartialCorrelation(x, y, z, n, math.nan, nan2, math.nan, nan2,
                                   f"only {n} models with {x}, {y} and {z}; a partial correlation needs {MIN_N}")
     for name, v in ((x, xs), (y, ys), (z, zs)):
         if np.all(v == v[0]):
-            return PartialCorrelation(x, y, z, n, math.nan, nan2, math.nan, nan2, 0,
+            return PartialCorrelation(x, y, z, n, math.nan, nan2, math.nan, nan2,
                                       f"{name} is the same for all {n} models")
     rho = float(partial_spearman(xs, ys, zs))
     tau = float(partial_kendall(xs, ys, zs))
-    idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
-    rhos = partial_spearman(xs[idx], ys[idx], zs[idx])
-    taus = partial_kendall(xs[idx], ys[idx], zs[idx])
-    ok = np.isfinite(rhos) & np.isfinite(taus)
-    ci = lambda v: tuple(float(q) for q in np.percentile(v[ok], [2.5, 97.5])) if ok.any() else nan2  # noqa: E731
     reason = None if math.isfinite(rho) else f"{x} or {y} is perfectly rank-correlated with {z}"
-    return PartialCorrelation(x, y, z, n, rho, ci(rhos), tau, ci(taus), int(ok.sum()), reason)
+    if reason is None and n - 1 - FISHER["kendall"][1] <= 0:
+        reason = f"only {n} models: no interval for the partial Kendall correlation (it needs 6)"
+    return PartialCorrelation(x, y, z, n, rho, fisher_interval(rho, n, "spearman"), tau,
+                              fisher_interval(tau, n, "kendall"), reason)

@@ -20,9 +20,10 @@ For every sample, with ``x'`` the attack's example (the core PGD by default, or 
   per-sample relative flatness ``kappa_clean`` at ``x`` and ``kappa_adv`` at ``x'``.
 
 Per-sample quantities are computed in float64 from the model's features and logits. ``value``:
-the median displacement (medians average the two middle values). ``details``: summaries (robust accuracy, how many attacked
-samples are wrong and confidently so, median kappa before and after, the Taylor prediction's
-median relative error). ``artifacts["per_sample"]``: every per-sample tensor above.
+the median displacement (medians average the two middle values). ``details``: summaries
+(robust accuracy, how many attacked samples are wrong and confidently so, median kappa before and
+after, the Taylor prediction's median relative error). ``artifacts["per_sample"]``: every
+per-sample tensor above.
 """
 
 from __future__ import annotations
