@@ -105,8 +105,10 @@ def headline(name: str, n_models: int, corrs: list[Correlation]) -> str:
         verdict = f"its 95% interval [{lo:+.2f}, {hi:+.2f}] excludes zero"
     else:
         verdict = f"its 95% interval [{lo:+.2f}, {hi:+.2f}] includes zero, so the sign is not established"
+    picked = f" (the largest of {len(robust)} correlations: the interval does not allow for that choice)" \
+        if len(robust) > 1 else ""
     return (f"{name}, {best.n} models: the strongest link is {best.x} with {best.y}, Spearman \u03c1 = "
-            f"{best.spearman:+.2f}; {verdict}.")
+            f"{best.spearman:+.2f}; {verdict}{picked}.")
 
 
 def _masking_by_model(rows) -> dict[tuple[str, str], list[dict]]:
