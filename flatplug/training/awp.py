@@ -10,7 +10,11 @@ and the optimizer steps. This is the official code's (csdongxian/AWP) and ART's
 ``AdversarialTrainerAWPPyTorch``'s update without their proxy model: with a plain SGD proxy their
 ``proxy - w`` is ``lr * g``, so the normalised difference is the normalised gradient used here.
 The ascent runs in train mode with batch-norm statistics frozen (the proxy's own statistics
-never reach the model there either).
+never reach the model there either). Two departures from the official code: the perturbation is
+removed *before* the optimizer steps (the official code steps on the perturbed weights and
+removes it after, which differs only through weight decay: 3e-6 in the weights after two batches
+with weight decay 5e-4 and momentum 0.9), and the attack runs in eval mode (the official AT-AWP
+attacks in train mode; see :mod:`flatplug.training.pgd_at`).
 
 Objectives (``reduce`` is the method's reduction, mean by default):
 

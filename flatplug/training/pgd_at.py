@@ -2,8 +2,12 @@
 
 Inner maximisation: ``steps`` steps of projected gradient ascent on the method's per-sample loss
 (``loss_fn``, cross-entropy by default) inside the ``eps``-ball of ``norm``, from a random start,
-run with the model in eval mode (its mode is restored after). Outer minimisation: the method's
-objective on those examples, with the model in train mode.
+run with the model in eval mode (its mode is restored after), as MadryLab's ``robustness`` library
+and TRADES' code do; Madry et al.'s original TensorFlow code and Rice et al.'s / AT-AWP's PyTorch
+code attack in train mode, so their batch-norm statistics also see the attack's iterates (on a
+batch-norm network the weights then differ from these by about 5e-2 after two batches in an
+audit; identical without batch norm). Outer minimisation: the method's objective on those
+examples, with the model in train mode.
 """
 
 from __future__ import annotations

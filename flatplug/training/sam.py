@@ -8,8 +8,11 @@ First pass: gradient g of the objective at w. Perturbation e = rho g / ||g||_2 o
 parameters (SAM) or e = rho T^2 g / ||T g|| (ASAM; one norm over all trained parameters). As in
 the official ASAM code (github.com/SamsungLabs/ASAM, ``asam.py``), T = |w| + eta element-wise
 (``eta`` 0.01) only for parameters whose name contains "weight"; for the others (biases) T is the
-identity, so their e is the plain SAM direction rho g / ||T g||. Second pass at w + e (batch-norm statistics not updated), then w is
-restored and the base optimizer steps with that gradient (m = the whole batch).
+identity, so their e is the plain SAM direction rho g / ||T g||. Second pass at w + e
+(batch-norm statistics not updated), then w is restored and the base optimizer steps with that
+gradient (m = the whole batch). Weight decay stays in the base optimizer, as in davda54/sam, whose
+update this reproduces to float64 rounding; Google's JAX code puts it in the loss, so it also
+enters the perturbation, and adds no epsilon to the norm.
 """
 
 from __future__ import annotations

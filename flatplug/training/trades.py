@@ -4,9 +4,11 @@ The TRADES objective is ``CE(f(x), y) + beta * KL(p(x) || p(x'))``, ``p`` the so
 ``x'`` maximises the KL term inside the ``eps``-ball. As in the official code
 (yaodongyu/TRADES, ``trades.py``; and csdongxian/AWP's TRADES-AWP), the maximiser runs with the
 model in eval mode, starts at ``x + 0.001 * N(0, I)`` (the KL term and its gradient vanish at
-``x`` itself) and takes sign-gradient steps on the summed KL for L-inf; for L2 it takes
-normalised-gradient steps (the official code's L2 variant optimises ``delta`` with SGD and a
-renormalisation instead). Every iterate is projected onto the ball and clipped to [0, 1].
+``x`` itself) and takes sign-gradient steps on the summed KL for L-inf, normalised-gradient steps
+for L2 (the official L2 variant takes the same steps through an SGD optimiser on ``delta``, of
+``2 eps / steps`` against ``2.5 eps / steps`` here, clamps before it projects and replaces a zero
+gradient by a random one). Every iterate is projected onto the ball and clipped to [0, 1]; the
+start is clipped too (the official code does not).
 """
 
 from __future__ import annotations
