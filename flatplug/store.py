@@ -77,13 +77,15 @@ def canonical_params(params: dict[str, Any] | None) -> str:
 
 
 def _jsonable(obj: Any) -> Any:
-    if hasattr(obj, "tolist"):
+    if hasattr(obj, "tolist") and not callable(obj):
         return obj.tolist()
     if isinstance(obj, (set, tuple)):
         return list(obj)
     if isinstance(obj, Path):
         return str(obj)
-    return repr(obj)
+    from .sources.fingerprint import describe_setting  # modules, functions, losses: by content, not repr
+
+    return describe_setting(obj)
 
 
 def _clean(obj: Any) -> Any:

@@ -62,6 +62,8 @@ BAD_INPUTS = [
     ("no images", ["--n", "0"], "--n: expected a positive number"),
     ("missing archive", ["--data", "nowhere/test.tar.gz"], "no such folder or archive"),
     ("too many images (CLI words)", ["--n", "20000"], "pass --n 10000 or less"),
+    ("bf16 on the CPU (failed only at the first attack)", ["--precision", "bf16"],
+     "bf16 autocast is for CUDA devices, and this run is on cpu"),
 ]
 
 

@@ -268,3 +268,160 @@ def test_a_source_that_cannot_fingerprint_yet_falls_back_to_the_parameters(monke
     assert digest not in (None, "None") and len(digest) == 64
     other = ModelSpec.of("zoo", "oval_base", manifest=str(zoo.path)).fingerprint(zoo.load("oval_base"))
     assert other not in (None, "None", digest)
+
+
+class _Normalised(torch.nn.Module):
+    """A network with its normalisation as plain tensor attributes (as some RobustBench architectures
+    hold it: neither parameters nor buffers)."""
+
+    def __init__(self, net: torch.nn.Module, mean: float):
+        super().__init__()
+        self.net, self.mean = net, torch.tensor([mean])
+
+    def forward(self, x):
+        return self.net(x - self.mean)
+
+
+def _digits_net(seed: int = 0) -> torch.nn.Sequential:
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(28 * 28, 32), torch.nn.LeakyReLU(0.01),
+                               torch.nn.Linear(32, 10))
+
+
+def test_in_memory_models_that_compute_differently_are_scored_apart(tmp_path):
+    """An in-memory model was fingerprinted by its parameters, buffers and submodule classes only: a
+    changed LeakyReLU slope, convolution stride or plain tensor attribute (a normalisation held as
+    ``self.mean``) under the same name got the first model's rows back. Each variant's stored relative
+    flatness must equal the measure run directly on it."""
+    import copy
+
+    from flatplug.sources import load_mnist
+
+    data = load_mnist(shared_path("data", "mnist"), n=64)
+    x, y = data.x, data.y
+    base = _Normalised(_digits_net(), 0.0)
+    slope = copy.deepcopy(base)
+    slope.net[2].negative_slope = 0.5
+    shifted = copy.deepcopy(base)
+    shifted.mean = torch.tensor([0.5])
+    db = tmp_path / "r.db"
+    values = []
+    for module in (base, slope, shifted):
+        frame = fp.score([fp.LoadedModel("m", module, "mnist", metadata={"source": "test"})], (x, y),
+                         measures=["relative_flatness"], attack=ATTACK, store=db, device="cpu", quiet=True)
+        stored = frame.set_index("name").loc["relative_flatness", "value"]
+        assert stored == pytest.approx(fp.measures.relative_flatness(module, (x, y)).value, rel=1e-6)
+        values.append(stored)
+    assert len(set(values)) == 3
+    with Store(db) as store:
+        assert len({r["model_fingerprint"] for r in store.rows()}) == 3
+
+
+def test_score_returns_only_this_runs_rows(tmp_path):
+    """fp.score returned every stored row of the model and data: rows of other settings (an attack at
+    another eps) and measures of an earlier run that this run did not ask for (a failed one made the
+    CLI exit 1). The frame now holds exactly the keys this run planned, reused or computed."""
+    from flatplug.sources import load_mnist
+
+    data = load_mnist(shared_path("data", "mnist"), n=32)
+    model = fp.LoadedModel("m", _digits_net(1), "mnist", metadata={"source": "test"})
+    db = tmp_path / "r.db"
+    first = fp.score([model], (data.x, data.y), measures={"hessian_eigenvalues": {"k": 1, "max_iter": 2}},
+                     attack={**ATTACK, "eps": 2 / 255}, store=db, device="cpu", quiet=True)
+    assert set(first["name"]) == {"clean", "pgd", "hessian_eigenvalues"}
+    second = fp.score([model], (data.x, data.y), measures=["relative_flatness"], attack={**ATTACK, "eps": 4 / 255},
+                      store=db, device="cpu", quiet=True)
+    assert sorted(second["name"]) == ["clean", "pgd", "relative_flatness"]
+    assert second.set_index("name").loc["pgd", "params"] == json.dumps(
+        {"eps": 4 / 255, "random_start": False, "steps": 2}, sort_keys=True, separators=(",", ":"))
+    with Store(db) as store:
+        assert len(store) == 5  # both runs' rows are kept
+    from importlib import metadata
+
+    from flatplug.sources.demo import code_digest
+
+    recorded = second["versions"][0]  # what computed the rows, for tracing them
+    assert recorded["torch"] == torch.__version__ and recorded["flatplug_code"] == code_digest()[:16]
+    for lib in ("torchattacks", "numpy"):
+        assert recorded[lib] == metadata.version(lib)
+
+
+def test_attack_rows_of_another_precision_are_not_reused(tmp_path):
+    """``precision`` changes attack rows (bf16/tf32 autocast on CUDA) but was not in their key: an fp32
+    run after a bf16 one got the bf16 row back (its details said so). A reduced precision is now part of
+    the attack row's key; fp32 keys are what they were. (tf32 here: on a CPU it computes what fp32 does,
+    but is keyed apart all the same; bf16 on a CPU is refused before any work.)"""
+    from flatplug.sources import load_mnist
+
+    data = load_mnist(shared_path("data", "mnist"), n=16)
+    model = fp.LoadedModel("m", _digits_net(2), "mnist", metadata={"source": "test"})
+    db = tmp_path / "r.db"
+    rows = {}
+    with pytest.raises(ValueError, match="bf16 autocast is for CUDA devices, and this run is on cpu"):
+        fp.score([model], (data.x, data.y), measures=[], attack=ATTACK, store=db, device="cpu", precision="bf16")
+    assert not db.exists()
+    for precision in ("tf32", "fp32", "tf32"):
+        frame = fp.score([model], (data.x, data.y), measures=[], attack=ATTACK, store=db, device="cpu",
+                         quiet=True, precision=precision)
+        rows.setdefault(precision, []).append(frame.set_index("name").loc["pgd"])
+    assert rows["fp32"][0]["details"]["precision"] == "fp32" and rows["tf32"][0]["details"]["precision"] == "tf32"
+    assert json.loads(rows["fp32"][0]["params"]) == {k: v for k, v in ATTACK.items() if k != "name"}
+    assert json.loads(rows["tf32"][0]["params"])["precision"] == "tf32"
+    assert rows["tf32"][1]["created"] == rows["tf32"][0]["created"]  # the same precision is reused
+    with Store(db) as store:
+        assert len([r for r in store.rows() if r["kind"] == "attack"]) == 2
+
+
+def test_settings_that_are_not_json_are_keyed_by_content(tmp_path):
+    """A ``loss_fn`` was keyed by its ``repr``: a class-weighted CrossEntropyLoss prints as the plain one
+    and got the plain loss's row back (0.396 for 0.761 in the audit), and a function was keyed by its
+    memory address (never reused in another process, and untraceable). Each loss here must get its own
+    row, equal to the measure run directly with it, and the key must hold no address."""
+    from flatplug.sources import load_mnist
+
+    data = load_mnist(shared_path("data", "mnist"), n=32)
+    model = fp.LoadedModel("m", _digits_net(3), "mnist", metadata={"source": "test"})
+    db = tmp_path / "r.db"
+    weights = torch.linspace(0.2, 3.0, 10)
+    losses = [torch.nn.CrossEntropyLoss(reduction="none"), torch.nn.CrossEntropyLoss(reduction="none", weight=weights),
+              torch.nn.CrossEntropyLoss(reduction="none", label_smoothing=0.2)]
+    values = []
+    for loss in losses:
+        frame = fp.score([model], (data.x, data.y), measures={"relative_flatness": {"loss_fn": loss}}, attack=ATTACK,
+                         store=db, device="cpu", quiet=True)
+        row = frame.set_index("name").loc["relative_flatness"]
+        assert "0x" not in row["params"]
+        assert row["value"] == pytest.approx(fp.measures.relative_flatness(model.module, (data.x, data.y),
+                                                                          loss_fn=loss).value, rel=1e-6)
+        values.append(row["value"])
+    assert len(set(values)) == 3
+    again = fp.score([model], (data.x, data.y), measures={"relative_flatness": {"loss_fn": losses[1]}},
+                     attack=ATTACK, store=db, device="cpu", quiet=True)
+    with Store(db) as store:
+        assert len([r for r in store.rows() if r["name"] == "relative_flatness"]) == 3  # reused, not recomputed
+    assert again.set_index("name").loc["relative_flatness", "value"] == values[1]
+
+
+def test_images_rewritten_in_a_folder_are_read_again_in_the_same_process(tmp_path):
+    """The per-process data cache was keyed by the path's own size and mtime: rewriting an image inside a
+    folder leaves the folder's mtime alone, so a second fp.score in the same process scored the old images
+    (and keyed them as the old data). The rows must follow the images on disk."""
+    from flatplug.sources.fingerprint import data_fingerprint
+
+    members = _real_members(2, 0)
+    folder = tmp_path / "imgs"
+    for name, data in members:
+        out = folder / Path(name).relative_to(Path(name).parts[0])
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(data)
+    data = DatasetSpec("imagefolder", str(folder), n=20)
+    spec = ModelSpec.of("zoo", MODEL, manifest=str(shared_path("models", "zoo.json")))
+    db = tmp_path / "r.db"
+    first = _score(spec, data, db)
+    before = os.stat(folder).st_mtime_ns
+    victim = sorted(folder.rglob("*.*"))[0]
+    victim.write_bytes(_real_members(1, 5)[0][1])  # another real image under the same name
+    assert os.stat(folder).st_mtime_ns == before
+    second = _score(spec, data, db)
+    x, y = load_imagefolder(folder, n=20)
+    assert second["data_fingerprint"][0] == data_fingerprint(x, y) != first["data_fingerprint"][0]

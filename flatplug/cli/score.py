@@ -222,6 +222,13 @@ def preflight(args: argparse.Namespace) -> Plan:
         raise UsageError(f"--n: expected a positive number of images, got {args.n}")
     if args.batch_size is not None and args.batch_size < 1:
         raise UsageError(f"--batch-size: expected a positive integer, got {args.batch_size}")
+    if getattr(args, "precision", "fp32") == "bf16" and args.executor == "local":
+        import torch
+
+        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if not str(device).startswith("cuda"):
+            raise UsageError(f"--precision bf16: bf16 autocast is for CUDA devices, and this run is on {device}; "
+                             "use --precision fp32 on the CPU")
     name, options, source = _source(args)
     models = _models(args, name, source)
     dataset = args.dataset or (DEMO_DATASET if name == "demo" else None)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any, Iterable
 
 from .. import plugins
 from .._resources import PRECISIONS
-from ..store import Store
+from ..store import Store, canonical_params
 from .attack_specs import attack_version, check_attack, resolve_attacks
 from .job import Job, resolve_device
 from .measure_specs import check_measures, resolve_measures
@@ -65,6 +66,9 @@ def score(
         ref.check()
     # a remote executor picks the device where the task runs (a CPU-only head can drive GPU workers)
     dev = resolve_device(device) if executor == "local" else (None if device is None else str(device))
+    if precision == "bf16" and dev is not None and str(dev).split(":")[0] != "cuda":
+        raise ValueError(f"precision: bf16 autocast is for CUDA devices, and this run is on {dev}; use fp32 (or "
+                         "tf32, the same as fp32 off CUDA) on the CPU")
     runner = plugins.get("executors", executor)(**executor_options)
     jobs = []
     for ref in refs:
@@ -76,13 +80,28 @@ def score(
         jobs.append(job)
     own = not isinstance(store, Store)
     db = Store(store) if own else store
+    started = time.time()
     try:
         runner.run(jobs, db, quiet=quiet)
         frame = db.to_dataframe()
     finally:
         if own:
             db.close()
-    wanted = {(j.model_name, j.source_name, j.dataset_key, j.model_fingerprint or "") for j in jobs}
-    keys = zip(frame["model"], frame["source"], frame["dataset"], frame["model_fingerprint"], frame["data_fingerprint"])
-    mask = [k[:4] in wanted and k[4] == data_fp for k in keys]
-    return frame[mask].reset_index(drop=True)
+    return frame[this_runs_rows(frame, jobs, started)].reset_index(drop=True)
+
+
+def _key_tuple(key: dict[str, Any]) -> tuple:
+    return (key["model"], key["source"], key["dataset"], key["model_fingerprint"], key["data_fingerprint"],
+            key["kind"], key["name"], key["impl_version"], canonical_params(key["params"]))
+
+
+def this_runs_rows(frame, jobs: list[Job], started: float) -> list[bool]:
+    """Which store rows answer this run: the keys its jobs planned (reused or computed now: not rows of
+    other settings or older implementation versions of the same model and data), and a model's
+    load failure only when written by this run (an older one may have been fixed since)."""
+    planned = {_key_tuple(j.key(row)) for j in jobs for row in j.planned()}
+    load_failures = {_key_tuple(j.failure_key("load")) for j in jobs}
+    keys = zip(frame["model"], frame["source"], frame["dataset"], frame["model_fingerprint"],
+               frame["data_fingerprint"], frame["kind"], frame["name"], frame["impl_version"], frame["params"])
+    return [k in planned or (k in load_failures and created >= started)
+            for k, created in zip(keys, frame["created"])]

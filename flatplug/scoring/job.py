@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import platform
 from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple
@@ -27,8 +28,38 @@ class Planned(NamedTuple):
     version: str
 
 
+#: libraries whose code computes rows through the adapters (recorded when installed)
+TRACED_LIBRARIES = ("numpy", "torchattacks", "adversarial-robustness-toolbox", "robustbench", "pyautoattack", "ray")
+
+
 def versions() -> dict[str, str]:
-    return {"flatplug": __version__, "torch": torch.__version__, "python": platform.python_version()}
+    """What computed a row, for tracing it: flatplug's version and a digest of its source files (many
+    commits share a version number), torch, Python, every installed flatplug plugin distribution and
+    the libraries the adapters run (``TRACED_LIBRARIES``). Recorded, not keyed: a row's key holds the
+    implementation version its plugin declares (:class:`flatplug.registry.MeasureInfo`)."""
+    return dict(_versions())
+
+
+@functools.lru_cache(maxsize=1)
+def _versions() -> tuple[tuple[str, str], ...]:
+    from importlib import metadata
+
+    from ..sources.demo import code_digest
+
+    out = {"flatplug": __version__, "flatplug_code": code_digest()[:16], "torch": torch.__version__,
+           "python": platform.python_version()}
+    try:
+        plugin_dists = {ep.dist.name: ep.dist.version for ep in metadata.entry_points(group="flatplug")
+                        if getattr(ep, "dist", None) is not None}
+    except Exception:  # noqa: BLE001 - tracing only: a broken metadata entry must not stop scoring
+        plugin_dists = {}
+    out.update(plugin_dists)
+    for name in TRACED_LIBRARIES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return tuple(sorted(out.items()))
 
 
 def resolve_device(device: str | torch.device | None) -> str:
@@ -78,8 +109,10 @@ class Job:
         """Every row this job produces, in the order it computes them."""
         rows = [Planned("accuracy", "clean", {}, CLEAN_VERSION)]
         for spec in self.attacks:
-            rows.append(Planned("attack", spec["name"], {k: v for k, v in spec.items() if k != "name"},
-                                attack_version(spec["name"])))
+            params = {k: v for k, v in spec.items() if k != "name"}
+            if self.precision != "fp32":  # a reduced-precision attack is another result (fp32 keys unchanged)
+                params["precision"] = self.precision
+            rows.append(Planned("attack", spec["name"], params, attack_version(spec["name"])))
         rows += [Planned("measure", name, params, measure_version(name)) for name, params in self.measures.items()]
         return rows
 

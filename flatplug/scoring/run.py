@@ -100,7 +100,7 @@ class _ModelRun:
 
     def attack(self, row: Planned, details: dict[str, Any]) -> tuple[float, dict[str, Any], None]:
         """Robust accuracy under the attack, with its gradient-masking evidence (:mod:`.masking`)."""
-        spec = {"name": row.name, **row.params}
+        spec = {"name": row.name, **{k: v for k, v in row.params.items() if k != "precision"}}  # precision: key only
         n_classes = int(self.forward().logits.shape[1])
         attack = make_attack(self.model, spec, n_classes=n_classes)
         torch.manual_seed(0)  # attacks that draw from the global RNG (torchattacks) are repeatable

@@ -10,6 +10,7 @@ A *data reference* has ``key``, ``load() -> (x, y)``, ``fingerprint()`` and ``de
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 from collections import OrderedDict
@@ -98,12 +99,28 @@ _CACHE: "OrderedDict[tuple, _LoadedData]" = OrderedDict()
 _CACHE_LOCK = threading.Lock()
 
 
+def _stat_key(st: os.stat_result) -> tuple:
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+
 def _file_state(path: str | None) -> tuple:
+    """What a dataset path holds, cheaply: a file's size, mtime, ctime and inode (a file replaced or
+    rewritten in place changes its ctime), or for a folder a digest of every file's under it (a
+    folder's own mtime does not change when a file inside is rewritten)."""
     if path is None:
         return ()
     try:
-        st = Path(path).stat()
-        return (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+        p = Path(path)
+        st = p.stat()
+        if not p.is_dir():
+            return (str(p.resolve()), *_stat_key(st))
+        h = hashlib.sha256()
+        for root, dirs, files in os.walk(p):
+            dirs.sort()
+            for name in sorted(files):
+                full = os.path.join(root, name)
+                h.update(f"{os.path.relpath(full, p)}|{_stat_key(os.stat(full))}|".encode())
+        return (str(p.resolve()), h.hexdigest())
     except OSError:
         return (path,)
 
@@ -119,7 +136,8 @@ class DatasetSpec:
     """A registered dataset, its path and options, and the subset (``n``, ``seed``).
 
     Loaded data are kept in a small per-process cache (:data:`DATA_CACHE_SIZE` entries, keyed by
-    these settings and the file's path, size and mtime, so a changed file is read again).
+    these settings and the state of the path: a file's size, mtime, ctime and inode, every file's
+    under a folder; so a changed file is read again).
     """
 
     name: str

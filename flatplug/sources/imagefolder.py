@@ -30,8 +30,10 @@ def _is_image(rel: PurePosixPath) -> bool:
 
 
 @functools.lru_cache(maxsize=8)
-def _tar_listing(path: str, mtime_ns: int, size: int) -> tuple[tuple[str, tarfile.TarInfo], ...]:
-    """(relative name, member) of every image in the archive; cached per file version."""
+def _tar_listing(path: str, mtime_ns: int, size: int, ctime_ns: int = 0, inode: int = 0
+                 ) -> tuple[tuple[str, tarfile.TarInfo], ...]:
+    """(relative name, member) of every image in the archive; cached per file version (size, mtime,
+    ctime and inode: an archive replaced by another of the same size and mtime is read again)."""
     try:
         with tarfile.open(path, "r:*") as tf:
             members = tf.getmembers()
@@ -138,7 +140,8 @@ def load_imagefolder(path: str | Path, n: int | None = None, seed: int = 0, spli
     is_tar = source.is_file()
     if is_tar:
         stat = source.stat()
-        listing = dict(_tar_listing(str(source.resolve()), stat.st_mtime_ns, stat.st_size))
+        listing = dict(_tar_listing(str(source.resolve()), stat.st_mtime_ns, stat.st_size, stat.st_ctime_ns,
+                                    stat.st_ino))
         names = list(listing)
     else:
         names = _folder_listing(source)
