@@ -78,9 +78,11 @@ class LFR(TrainingMethod):
     ``adversarial=True`` (flatplug's extension) adds the objective on PGD examples
     (``pgd_steps`` steps, or a user ``attack(x, y)``).
 
-    ``lam``'s default is the paper's, set for the L1 norm of the L-inf ball. With ``norm="l2"``
-    (``q = 2``, which the paper does not use) the gradient norm is smaller (up to ``sqrt(d)``
-    times), so the same ``lam`` regularises less: on MNIST (a 784-128-64-10 MLP, 2,000 images, 2
+    ``lam``'s default is the official MNIST run's (0.02, at eps 0.3 there), set for the L1 norm of the
+    L-inf ball; ``eps``'s default is CIFAR-10's 8/255, where the official CIFAR-10 run used
+    ``lam=0.03`` (and its readme reports that run as a failure case): pass both for your data.
+    With ``norm="l2"`` (``q = 2``, which the paper does not use) the gradient norm is smaller (up
+    to ``sqrt(d)`` times), so the same ``lam`` regularises less: on MNIST (a 784-128-64-10 MLP, 2,000 images, 2
     epochs, l2 eps 1.5) PGD-20 accuracy rose from 0.256 / 0.186 (standard, two seeds) to 0.310 /
     0.248 with the default and to 0.400 / 0.332 with ``lam=0.1`` (PGD-AT: 0.490 / 0.458).
     """
