@@ -55,3 +55,17 @@ def test_listing_plugins_does_not_import_art():
             "assert 'art.lfr' in names and 'art.hessian_trace' in names; print('art' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("name", MEASURES)
+def test_art_measures_are_refused_by_scoring_before_any_work(name, tmp_path):
+    """Scoring hands measures the zoo's torch modules; the art.* measures take an ART classifier, so
+    every model failed with "data must be a pair (x, y) of numpy arrays". fp.score now refuses them up
+    front, naming the core measure to use; fp.measure on an ART classifier still computes them."""
+    x, y = tiny_batch(8, 5, 3)
+    store = tmp_path / "s.db"
+    model = fp.LoadedModel("m", tiny_mlp().float(), "custom", metadata={"source": "test"})
+    core = name.split(".", 1)[1]
+    with pytest.raises(ValueError, match=f"score the core measure '{core}' instead"):
+        fp.score([model], (x.float(), y), measures=[name], store=store, device="cpu", quiet=True)
+    assert not store.exists()

@@ -19,7 +19,7 @@ def check_classifier(classifier, who: str):
         raise TypeError(
             f"{who}: expected an ART PyTorchClassifier (art.estimators.classification.PyTorchClassifier or a "
             f"subclass such as flatplug_art.FlatPyTorchClassifier), got {type(classifier).__name__}; flatplug "
-            "trains PyTorch models: wrap yours as PyTorchClassifier(model, loss, input_shape, nb_classes, "
+            "works on PyTorch models: wrap yours as PyTorchClassifier(model, loss, input_shape, nb_classes, "
             "optimizer=..., clip_values=(0, 1))"
         )
     return classifier

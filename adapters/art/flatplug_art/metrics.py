@@ -99,7 +99,8 @@ def as_measure(metric: Callable[..., Any]) -> Callable[..., Measurement]:
 
     def measure(classifier, data, **params: Any) -> Measurement:
         if not isinstance(data, (tuple, list)) or len(data) != 2:
-            raise TypeError(f"art.{metric.__name__}: data must be a pair (x, y) of numpy arrays")
+            raise TypeError(f"art.{metric.__name__}: data must be a pair (x, y) of inputs and labels (numpy arrays "
+                            "or tensors), with an ART classifier as the model")
         return metric(classifier, data[0], data[1], return_measurement=True, **params)
 
     measure.__name__ = f"art_{metric.__name__}"
@@ -109,3 +110,15 @@ def as_measure(metric: Callable[..., Any]) -> Callable[..., Measurement]:
 
 #: registered measure name -> function
 MEASURES = {f"art.{name}": as_measure(fn) for name, fn in METRICS.items()}
+
+
+def not_in_scoring(name: str) -> Callable[..., None]:
+    """``MeasureInfo.check`` of ``art.<name>``: scoring refuses it before any work. Scoring hands measures
+    the zoo's torch modules, and these take an ART classifier (its preprocessing, clip values and
+    loss); the core measure ``name`` scores the same quantity on the module."""
+
+    def check(**_: Any) -> None:
+        raise ValueError(f"art.{name} measures an ART classifier (fp.measure('art.{name}', classifier, (x, y))), "
+                         f"and scoring passes the zoo's torch models; score the core measure {name!r} instead")
+
+    return check

@@ -54,7 +54,7 @@ def flatplug_register_trainers(register):
 
 @hookimpl
 def flatplug_register_measures(register):
-    from .metrics import MEASURES
+    from .metrics import MEASURES, not_in_scoring
 
     for name, fn in MEASURES.items():
-        register(name, fn)
+        register(name, fn, check=not_in_scoring(name.split(".", 1)[1]))
