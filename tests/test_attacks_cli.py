@@ -157,3 +157,21 @@ def test_robustbench_threat_model_sets_the_norm_and_radius_of_every_attack():
             _attacks(given, "robustbench", {"threat_model": "corruptions"})
     assert _attacks(args(["pgd"], eps="2/255"), "robustbench", {"threat_model": "corruptions"}) == [
         {"name": "pgd", "eps": 2 / 255}]
+
+
+def test_the_default_radius_follows_the_dataset():
+    """``flatplug score --dataset mnist`` without --eps attacked MNIST at CIFAR-10's 8/255, where a robust
+    MNIST model loses nothing (madry_cnn_tiny: robust = clean accuracy) and local flatness measured a ball
+    30x too small. MNIST now defaults to its usual 0.3, the demo's digits to 0.1, anything else to 8/255."""
+    import argparse
+
+    from flatplug.cli.score import _attacks
+
+    def args(dataset):
+        return argparse.Namespace(attack=None, eps=None, steps=None, norm=None, attack_option=[], dataset=dataset)
+
+    assert _attacks(args("mnist"), "zoo")[0]["eps"] == 0.3
+    assert _attacks(args("imagefolder"), "zoo")[0]["eps"] == EPS
+    assert _attacks(args(None), "demo")[0]["eps"] == 0.1
+    explicit = argparse.Namespace(attack=None, eps="0.1", steps=None, norm=None, attack_option=[], dataset="mnist")
+    assert _attacks(explicit, "zoo")[0]["eps"] == 0.1
