@@ -180,6 +180,7 @@ def test_property_lf_at_least_clean_norm_and_points_in_ball(n, d, hidden, classe
         ({"eps": 0.1, "norm": "l1"}, ValueError, "norm"),
         ({"eps": 0.1, "steps": -1}, ValueError, "steps"),
         ({"eps": 0.1, "step_size": 0.0}, ValueError, "step_size"),
+        ({"eps": 8}, ValueError, r"larger than the whole \[0, 1\] range .* e.g. 8/255"),  # accepted silently before
     ],
 )
 def test_bad_arguments(kwargs, err, match):

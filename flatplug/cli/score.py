@@ -302,11 +302,15 @@ def _cmd_score(args: argparse.Namespace) -> int:
         for _, row in failed.iterrows():
             print(f"  failed: {row['model']} {row['kind']} {row['name']}: {str(row['error']).splitlines()[0]}",
                   file=sys.stderr)
-        print(f"scored {n_models} models on {data.key}: {n_models - len(bad)} ok, {len(bad)} failed "
+        print(f"scored {_count(n_models, 'model')} on {data.key}: {n_models - len(bad)} ok, {len(bad)} failed "
               f"({', '.join(bad)}) {where}", file=sys.stderr)
         return EXIT_FAILED
-    print(f"scored {n_models} models on {data.key}: {len(frame)} results, all ok {where}")
+    print(f"scored {_count(n_models, 'model')} on {data.key}: {_count(len(frame), 'result')}, all ok {where}")
     return EXIT_OK
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _print_table(frame) -> None:

@@ -83,6 +83,9 @@ def check_settings(eps: float, norm: str, q: float | str | None, steps: int, ste
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps < 0:
         raise ValueError(f"eps: expected a non-negative finite radius (e.g. 8/255 for linf), got {eps!r}")
     check_choice(norm, "norm", NORMS)
+    if norm == "linf" and eps > 1:
+        raise ValueError(f"eps: {eps:g} is larger than the whole [0, 1] range of the images for an L-inf ball; "
+                         f"radii are fractions of the pixel range, e.g. {eps:g}/255 (8/255 is the usual CIFAR-10 radius)")
     q = resolve_q(q, norm)
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ValueError(f"steps: expected a non-negative integer number of ascent steps, got {steps!r}")
