@@ -55,13 +55,15 @@ def test_tol_stops_early():
     m = hessian_trace(model, batch, probes=200, tol=0.5, min_probes=5, quiet=True)
     used = m.details["probes_used"]
     assert 5 <= used < 200 and m.details["stopped_early"]
-    assert m.details["std_error"] <= 0.5 * abs(m.value)
+    assert m.details["std_error"] <= 0.5 * abs(m.value) and m.details["converged"] is True
+    assert m.details["relative_std_error"] == pytest.approx(m.details["std_error"] / abs(m.value))
     # and the early estimate is still within its own (known-variance) bound
     h = hessian()
     assert abs(m.value - float(torch.trace(h))) <= 5 * math.sqrt(rademacher_variance(h) / used)
     # a tight tol runs the whole budget
     m = hessian_trace(model, batch, probes=30, tol=1e-9, quiet=True)
     assert m.details["probes_used"] == 30 and not m.details["stopped_early"]
+    assert m.details["converged"] is False  # said, not hidden: the value carries its relative_std_error
 
 
 def test_hutch_pp_exact_when_the_sketch_spans_the_space():
