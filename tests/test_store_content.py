@@ -425,3 +425,25 @@ def test_images_rewritten_in_a_folder_are_read_again_in_the_same_process(tmp_pat
     second = _score(spec, data, db)
     x, y = load_imagefolder(folder, n=20)
     assert second["data_fingerprint"][0] == data_fingerprint(x, y) != first["data_fingerprint"][0]
+
+
+def test_a_load_failure_is_returned_by_its_run_only(tmp_path, monkeypatch):
+    """A model that failed to load (here: a transient error of the source) is a failure row of that run,
+    and the CLI exits 1 on it. Once it loads, a later run must not return the old failure beside the
+    new rows (it made the CLI report a failure for a model that had just been scored)."""
+    spec = ModelSpec.of("zoo", MODEL, manifest=str(shared_path("models", "zoo.json")))
+    data = DatasetSpec("imagefolder", str(shared_path("data", "cifar10", "test.tar.gz")), n=8)
+    db = tmp_path / "r.db"
+    real_load = ZooSource.load
+
+    def broken(self, name, device="cpu"):
+        raise RuntimeError("the disk went away")
+
+    monkeypatch.setattr(ZooSource, "load", broken)
+    first = _score(spec, data, db)
+    assert list(first["status"]) == ["failed"] and first["name"][0] == "load"
+    monkeypatch.setattr(ZooSource, "load", real_load)
+    second = _score(spec, data, db)
+    assert set(second["status"]) == {"ok"} and sorted(second["name"]) == ["clean", "pgd", "relative_flatness"]
+    with Store(db) as store:
+        assert any(r["status"] == "failed" for r in store.rows())  # kept in the store, not returned

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -80,14 +79,13 @@ def score(
         jobs.append(job)
     own = not isinstance(store, Store)
     db = Store(store) if own else store
-    started = time.time()
     try:
         runner.run(jobs, db, quiet=quiet)
         frame = db.to_dataframe()
     finally:
         if own:
             db.close()
-    return frame[this_runs_rows(frame, jobs, started)].reset_index(drop=True)
+    return frame[this_runs_rows(frame, jobs)].reset_index(drop=True)
 
 
 def _key_tuple(key: dict[str, Any]) -> tuple:
@@ -95,13 +93,20 @@ def _key_tuple(key: dict[str, Any]) -> tuple:
             key["kind"], key["name"], key["impl_version"], canonical_params(key["params"]))
 
 
-def this_runs_rows(frame, jobs: list[Job], started: float) -> list[bool]:
+def this_runs_rows(frame, jobs: list[Job]) -> list[bool]:
     """Which store rows answer this run: the keys its jobs planned (reused or computed now: not rows of
-    other settings or older implementation versions of the same model and data), and a model's
-    load failure only when written by this run (an older one may have been fixed since)."""
-    planned = {_key_tuple(j.key(row)) for j in jobs for row in j.planned()}
-    load_failures = {_key_tuple(j.failure_key("load")) for j in jobs}
-    keys = zip(frame["model"], frame["source"], frame["dataset"], frame["model_fingerprint"],
-               frame["data_fingerprint"], frame["kind"], frame["name"], frame["impl_version"], frame["params"])
-    return [k in planned or (k in load_failures and created >= started)
-            for k, created in zip(keys, frame["created"])]
+    other settings or older implementation versions of the same model and data), and a model's load
+    failure only while some of its planned rows are missing (a model that loaded has every planned
+    row, ok or failed, so a load failure beside them is an older run's; no clocks compared, since
+    rows written by remote workers carry their own)."""
+    keys = list(zip(frame["model"], frame["source"], frame["dataset"], frame["model_fingerprint"],
+                    frame["data_fingerprint"], frame["kind"], frame["name"], frame["impl_version"], frame["params"]))
+    present = set(keys)
+    planned: set[tuple] = set()
+    load_failures: set[tuple] = set()
+    for j in jobs:
+        mine = {_key_tuple(j.key(row)) for row in j.planned()}
+        planned |= mine
+        if not mine <= present:
+            load_failures.add(_key_tuple(j.failure_key("load")))
+    return [k in planned or k in load_failures for k in keys]
