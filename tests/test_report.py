@@ -147,6 +147,41 @@ def test_duplicated_rows_keep_the_latest(store: Store) -> None:
     assert len(t) == 5
 
 
+def test_implementation_versions_are_not_mixed(store: Store) -> None:
+    """Rows of two implementation versions of one measure were deduplicated by the time they were
+    written, so an older version's row written later replaced the newer one, and models scored only by
+    the older version shared the column (and its correlation) with the newer numbers. The newest version
+    wins per model and setting (compared as versions: 10 > 9), and a column holding models of different
+    versions is split by version."""
+    rows = store.to_dataframe()
+    later = rows[(rows["model"] == "m1") & (rows["name"] == "relative_flatness")].copy()
+    later["impl_version"], later["value"], later["created"] = "flatplug:9", 999.0, later["created"] + 10
+    current = rows.copy()
+    current.loc[current["name"] == "relative_flatness", "impl_version"] = "flatplug:10"
+    t = summary_table(pd.concat([current, later]))
+    assert t.set_index("model").loc["m1", "relative_flatness"] == 2.0  # version 10, though written earlier
+    old_only = current[(current["model"] == "m3") & (current["name"] == "relative_flatness")].copy()
+    old_only["model"], old_only["impl_version"], old_only["value"] = "m4", "flatplug:9", 5.0
+    t = summary_table(pd.concat([current, old_only]))
+    assert {"relative_flatness (flatplug:10)", "relative_flatness (flatplug:9)"} <= set(t.columns)
+    assert t.set_index("model").loc["m4", "relative_flatness (flatplug:9)"] == 5.0
+    assert math.isnan(t.set_index("model").loc["m4", "relative_flatness (flatplug:10)"])
+
+
+def test_a_failure_without_weights_does_not_supersede_good_rows(store: Store) -> None:
+    """A load that failed before the weights were known is written with an empty model fingerprint; as
+    the model's newest row it made every good row of the model count as older weights ("superseded"),
+    and the model left every table and correlation."""
+    rows = store.to_dataframe()
+    rows["model_fingerprint"] = "a" * 64
+    failure = rows[(rows["model"] == "m2") & (rows["name"] == "clean")].copy()
+    failure["kind"], failure["name"], failure["status"] = "failure", "load", "failed"
+    failure["value"], failure["model_fingerprint"], failure["created"] = None, "", failure["created"] + 10
+    t = summary_table(pd.concat([rows, failure]))
+    assert t.set_index("model").loc["m2", "relative_flatness"] == 3.0
+    assert len(summary_table(pd.concat([rows, failure]), superseded=True)) == len(t)
+
+
 def test_bad_inputs(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"lacks the columns kind, name, params, value"):
         summary_table(pd.DataFrame({"model": ["a"], "source": ["zoo"], "dataset": ["d"]}))

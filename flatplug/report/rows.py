@@ -98,9 +98,21 @@ def normalise(frame):
     f["pkey"] = [canonical_params(p if isinstance(p, dict) else {"value": p}) for p in f["params"]]
     if f["created"].notna().any():
         f = f.sort_values("created", kind="stable", na_position="first")
-    # one row per (content, setting): the newest implementation version wins
+    # one row per (content, setting): the newest implementation version wins (compared as a version
+    # within one plugin; between plugins, the one written last)
+    f["_rank"] = [_version_rank(v) for v in f["impl_version"]]
+    f = f.sort_values("_rank", kind="stable").drop(columns="_rank")
     f = f.drop_duplicates(subset=list(ID_COLUMNS) + list(FINGERPRINTS) + ["kind", "name", "pkey"], keep="last")
     f = f.reset_index(drop=True)
+    # a column whose models were scored by different implementation versions is split by version
+    # (the numbers of two versions are not comparable: a plugin bumps its version when they change)
+    column = list(zip(f["dataset"], f["kind"], f["name"], f["pkey"]))
+    versions: dict[tuple, set[str]] = {}
+    for key, impl, status in zip(column, f["impl_version"], f["status"]):
+        if status == "ok":
+            versions.setdefault(key, set()).add(impl)
+    f["pkey"] = [f"{pkey}\x1f{impl}" if len(versions.get(key, ())) > 1 else pkey
+                 for key, pkey, impl in zip(column, f["pkey"], f["impl_version"])]
     f["dataset_key"] = f["dataset"]
     by_dataset = f.groupby("dataset")["data_fingerprint"].nunique()
     split = set(by_dataset[by_dataset > 1].index)
@@ -109,16 +121,28 @@ def normalise(frame):
     return f
 
 
+def _version_rank(impl: str) -> tuple:
+    """``plugin:version`` -> a sort key: the plugin, then the version's numeric parts (``"10" > "9"``)."""
+    plugin, _, version = str(impl).rpartition(":")
+    parts = tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"[.\-]", version))
+    return (plugin, parts)
+
+
 def _superseded(f) -> list[bool]:
-    """True for rows of older weights of a model: another fingerprint under the same name was scored later."""
+    """True for rows of older weights of a model: another fingerprint under the same name was scored
+    later. Failed rows and rows without a model fingerprint (a load that failed before the weights were
+    known) do not decide which weights are newest."""
     newest: dict[tuple, tuple[float, str]] = {}
     created = [number(c) for c in f["created"]]
-    for ident, fp, t in zip(zip(f["model"], f["source"], f["dataset"]), f["model_fingerprint"], created):
+    for ident, fp, t, status in zip(zip(f["model"], f["source"], f["dataset"]), f["model_fingerprint"], created,
+                                    f["status"]):
+        if status != "ok" or not fp:
+            continue
         t = -math.inf if math.isnan(t) else t
         if ident not in newest or t >= newest[ident][0]:
             newest[ident] = (t, fp)
-    return [fp != newest[ident][1] for ident, fp in zip(zip(f["model"], f["source"], f["dataset"]),
-                                                         f["model_fingerprint"])]
+    return [ident in newest and bool(fp) and fp != newest[ident][1]
+            for ident, fp in zip(zip(f["model"], f["source"], f["dataset"]), f["model_fingerprint"])]
 
 
 # -- labels --------------------------------------------------------------------------------------
@@ -176,7 +200,8 @@ def column_labels(rows) -> dict[tuple[str, str, str], str]:
         group = {}
         for pkey, params in by_key.items():
             parts = [f"{k}={fmt_param(k, params[k])}" for k in shown if k in params]
-            group[pkey] = base + (f"[{', '.join(parts)}]" if parts else "")
+            impl = pkey.rpartition("\x1f")[2] if "\x1f" in pkey else ""  # a column split by implementation version
+            group[pkey] = base + (f"[{', '.join(parts)}]" if parts else "") + (f" ({impl})" if impl else "")
         if len(set(group.values())) < len(group):  # formatting made two settings look alike: show them in full
             group = {pkey: f"{base}[{pkey}]" for pkey in by_key}
         for pkey, label in group.items():
