@@ -166,6 +166,16 @@ def test_implementation_versions_are_not_mixed(store: Store) -> None:
     assert {"relative_flatness (flatplug:10)", "relative_flatness (flatplug:9)"} <= set(t.columns)
     assert t.set_index("model").loc["m4", "relative_flatness (flatplug:9)"] == 5.0
     assert math.isnan(t.set_index("model").loc["m4", "relative_flatness (flatplug:10)"])
+    # between two plugins' implementations of one setting, the one written last wins (not the name's order)
+    other = current[(current["model"] == "m1") & (current["name"] == "relative_flatness")].copy()
+    other["impl_version"], other["value"], other["created"] = "acme:1", 7.0, other["created"] + 10
+    split = summary_table(pd.concat([current, other])).set_index("model")
+    assert split.loc["m1", "relative_flatness (acme:1)"] == 7.0
+    assert math.isnan(split.loc["m1", "relative_flatness (flatplug:10)"])
+    other["impl_version"] = "zeta:1"
+    current2 = current.copy()
+    current2["created"] = current2["created"] + 20
+    assert summary_table(pd.concat([current2, other])).set_index("model").loc["m1", "relative_flatness"] == 2.0
 
 
 def test_a_failure_without_weights_does_not_supersede_good_rows(store: Store) -> None:

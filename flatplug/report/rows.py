@@ -100,10 +100,13 @@ def normalise(frame):
         f = f.sort_values("created", kind="stable", na_position="first")
     # one row per (content, setting): the newest implementation version wins (compared as a version
     # within one plugin; between plugins, the one written last)
+    key = list(ID_COLUMNS) + list(FINGERPRINTS) + ["kind", "name", "pkey"]
+    f["_plugin"] = [str(v).rpartition(":")[0] for v in f["impl_version"]]
     f["_rank"] = [_version_rank(v) for v in f["impl_version"]]
-    f = f.sort_values("_rank", kind="stable").drop(columns="_rank")
-    f = f.drop_duplicates(subset=list(ID_COLUMNS) + list(FINGERPRINTS) + ["kind", "name", "pkey"], keep="last")
-    f = f.reset_index(drop=True)
+    f = f.sort_values("_rank", kind="stable").drop_duplicates(subset=key + ["_plugin"], keep="last")
+    order = "created" if f["created"].notna().any() else "_rank"
+    f = f.sort_values(order, kind="stable", na_position="first").drop_duplicates(subset=key, keep="last")
+    f = f.drop(columns=["_plugin", "_rank"]).reset_index(drop=True)
     # a column whose models were scored by different implementation versions is split by version
     # (the numbers of two versions are not comparable: a plugin bumps its version when they change)
     column = list(zip(f["dataset"], f["kind"], f["name"], f["pkey"]))
@@ -122,10 +125,10 @@ def normalise(frame):
 
 
 def _version_rank(impl: str) -> tuple:
-    """``plugin:version`` -> a sort key: the plugin, then the version's numeric parts (``"10" > "9"``)."""
-    plugin, _, version = str(impl).rpartition(":")
-    parts = tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"[.\-]", version))
-    return (plugin, parts)
+    """``plugin:version`` -> a sort key for versions of one plugin: the version's numeric parts
+    (``"10" > "9"``)."""
+    version = str(impl).rpartition(":")[2]
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"[.\-]", version))
 
 
 def _superseded(f) -> list[bool]:
