@@ -58,15 +58,22 @@ def suggest_batch_size(model: nn.Module, sample: torch.Tensor, device: torch.dev
     return max(size, 1)
 
 
+def check_precision(precision: str, device: torch.device | str | None) -> None:
+    """Refuse a precision this run cannot use: an unknown name, or bf16 autocast off CUDA
+    (``device`` None: not known yet, a remote executor's workers choose it)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "bf16" and device is not None and torch.device(device).type != "cuda":
+        raise ValueError(f"precision: bf16 autocast is for CUDA devices, and this run is on {device}; use fp32 "
+                         "(tf32 is the same as fp32 off CUDA)")
+
+
 @contextlib.contextmanager
 def forward_precision(device: torch.device | str, precision: str = "fp32") -> Iterator[None]:
     """TF32 or bfloat16 autocast for forward-only work and attacks on CUDA (``fp32``: unchanged)."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
+    check_precision(precision, device)
     device = torch.device(device)
     if precision == "fp32" or device.type != "cuda":
-        if precision == "bf16" and device.type != "cuda":
-            raise ValueError("precision: bf16 autocast is for CUDA devices; use fp32 on the CPU")
         yield
         return
     old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)

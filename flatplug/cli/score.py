@@ -226,13 +226,14 @@ def preflight(args: argparse.Namespace) -> Plan:
         raise UsageError(f"--n: expected a positive number of images, got {args.n}")
     if args.batch_size is not None and args.batch_size < 1:
         raise UsageError(f"--batch-size: expected a positive integer, got {args.batch_size}")
-    if getattr(args, "precision", "fp32") == "bf16" and args.executor == "local":
-        import torch
+    if args.executor == "local":
+        from .._resources import check_precision
+        from ..scoring.job import resolve_device
 
-        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        if not str(device).startswith("cuda"):
-            raise UsageError(f"--precision bf16: bf16 autocast is for CUDA devices, and this run is on {device}; "
-                             "use --precision fp32 on the CPU")
+        try:
+            check_precision(getattr(args, "precision", "fp32"), resolve_device(args.device))
+        except ValueError as exc:
+            raise UsageError(f"--{exc}") from None
     name, options, source = _source(args)
     models = _models(args, name, source)
     dataset = args.dataset or (DEMO_DATASET if name == "demo" else None)

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from .. import plugins
-from .._resources import PRECISIONS
+from .._resources import check_precision
 from ..store import Store, canonical_params
 from .attack_specs import attack_version, check_attack, resolve_attacks
 from .job import Job, resolve_device
@@ -48,8 +48,7 @@ def score(
     implementation version of what computed it, so a rerun skips exactly the rows already
     computed from the same weights and images; ``rerun=True`` computes every row again.
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision: expected fp32, tf32 or bf16, got {precision!r}")
+    check_precision(precision, None)  # the name, before anything is loaded; the device below
     refs = [as_model(m) for m in models]
     if not refs:
         raise ValueError("models: nothing to score; pass at least one model")
@@ -65,9 +64,7 @@ def score(
         ref.check()
     # a remote executor picks the device where the task runs (a CPU-only head can drive GPU workers)
     dev = resolve_device(device) if executor == "local" else (None if device is None else str(device))
-    if precision == "bf16" and dev is not None and str(dev).split(":")[0] != "cuda":
-        raise ValueError(f"precision: bf16 autocast is for CUDA devices, and this run is on {dev}; use fp32 (or "
-                         "tf32, the same as fp32 off CUDA) on the CPU")
+    check_precision(precision, dev)
     runner = plugins.get("executors", executor)(**executor_options)
     jobs = []
     for ref in refs:
