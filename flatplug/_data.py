@@ -7,6 +7,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from ._state import eval_mode
 from ._validation import check_inputs, check_labels
 
 
@@ -102,17 +103,12 @@ def accepts_channels_last(model: torch.nn.Module, x: torch.Tensor) -> bool:
     this probe passes. It runs without gradients and in eval mode (the modules' modes put back),
     so it changes no state; any error means "no" (the real call then shows the real error).
     """
-    modes = [(m, m.training) for m in model.modules()]
     try:
-        model.eval()
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             model(x[:2].contiguous(memory_format=torch.channels_last))
         return True
     except RuntimeError:
         return False
-    finally:
-        for m, mode in modes:
-            m.training = mode
 
 
 def cpu_channels_last(model: torch.nn.Module, x: torch.Tensor) -> bool:

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .._loss import LossFn, cross_entropy, per_sample_loss, resolve_loss
+from .._state import eval_mode
 
 
 @dataclass
@@ -103,15 +104,5 @@ def perturbed(params: Sequence[torch.Tensor], deltas: Sequence[torch.Tensor]) ->
                 p.copy_(s)
 
 
-@contextmanager
-def evaluating(model: nn.Module) -> Iterator[nn.Module]:
-    """The model in eval mode inside the block (attacks, inner maximisation); each submodule's mode
-    restored after (a layer the user froze in eval mode inside a training model stays frozen, where
-    ``model.train()`` would unfreeze it)."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for m, mode in modes:
-            m.training = mode
+#: the model in eval mode inside the block (attacks, inner maximisation), each submodule's mode restored after
+evaluating = eval_mode
