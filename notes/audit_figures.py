@@ -13,7 +13,7 @@ Prints, each against an independent reference:
 3. ``hessian_density``'s negative mass on ``trades_smallcnn`` (256 MNIST images, defaults), beside
    the weight of the nodes below ``-sigma``;
 4. how often a 95% interval of the partial Spearman correlation excludes zero in 400 simulated zoos
-   of 8 models without any partial correlation: the percentile bootstrap over models (what the
+   of 6, 8 and 16 models without any partial correlation: the percentile bootstrap over models (what the
    leaderboard used, 1,000 resamples) and the interval this checkout's leaderboard uses;
 5. whether a class-weighted ``CrossEntropyLoss`` gets the plain loss's store key.
 """
@@ -75,7 +75,12 @@ def density_negative_mass() -> None:
           f"{float(w[t < -d['sigma']].sum()):.4f}, below 0 {float(w[t < 0].sum()):.3f}")
 
 
-def partial_intervals(zoos: int = 400, n: int = 8, resamples: int = 1000) -> None:
+def partial_intervals(zoos: int = 400, resamples: int = 1000) -> None:
+    for n in (6, 8, 16):
+        _partial_intervals(zoos, n, resamples)
+
+
+def _partial_intervals(zoos: int, n: int, resamples: int) -> None:
     rng = np.random.default_rng(7)
     boot = current = 0
     for _ in range(zoos):

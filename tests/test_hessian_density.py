@@ -280,7 +280,7 @@ def test_negative_mass_counts_curvature_resolved_from_zero_not_the_bulk_nodes_si
     """A trained network's spectrum: a bulk of 900 near-zero eigenvalues of both signs (centred a hair
     below zero), 90 positive outliers up to 1 and 10 negative ones from -0.5 to -0.05. SLQ puts most of
     the weight on one Gauss node for the bulk, a hair below zero, and counting that node's sign gave a
-    negative mass near 0.9 (87-97% on real MNIST networks). The negative mass must be the weight of the
+    negative mass near 0.9 (87% on trades_smallcnn: notes/audit_figures.py). The negative mass must be the weight of the
     eigenvalues below -sigma, here the 10 outliers: 1% (the same Beta bound as above, 4 runs)."""
     g = torch.Generator().manual_seed(3)
     bulk = (torch.rand(900, generator=g, dtype=torch.float64) * 3e-4 - 2e-4)

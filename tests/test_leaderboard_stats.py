@@ -83,8 +83,9 @@ def test_partial_correlations_interval_is_fishers_and_explains_undefined_cases()
 def test_partial_intervals_hold_their_level_on_zoos_of_eight_models():
     """400 simulated zoos of 8 models where the measure has no partial correlation with robustness (it is
     independent of robust and clean accuracy; robust accuracy tracks clean accuracy): a 95% interval
-    should exclude zero in about 5% of them. The bootstrap percentile interval over models did in 34%
-    (a resample of 8 models holds about 5 distinct ones); measured here 6.5% (Spearman) and 2.5% (Kendall)."""
+    should exclude zero in about 5% of them. The bootstrap percentile interval over models did in 32.5%
+    here, 31% in notes/audit_figures.py (a resample of 8 models holds about 5 distinct ones); measured
+    here 6.5% (Spearman) and 2.5% (Kendall)."""
     import pandas as pd
 
     rng = np.random.default_rng(7)

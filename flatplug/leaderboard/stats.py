@@ -14,10 +14,10 @@ correlation coefficients. I", Biometrika 44): ``v = 1.06, c = 3`` for Spearman, 
 c = 4`` for Kendall (so at least 5 and 6 models). Not a bootstrap over models, as for the plain
 correlations of :func:`flatplug.report.correlations`: with a zoo of 8 models a resample holds
 about 5 distinct models, where a partial correlation is often exactly +-1 or undefined, and the
-percentile interval excluded zero in 34% of simulated zoos without any partial correlation (x
-independent of y and z, y tracking z; 300 zoos), against 7% (Spearman) and 3% (Kendall) for
-these intervals (3,000 zoos; 4% and 1% at 10 models, 4% and 1% at 16, where the bootstrap's was
-4%). At 6 models every interval here is unreliable (12% to 16%).
+percentile interval excluded zero in 31% of 400 simulated zoos without any partial correlation
+(x independent of y and z, y tracking z), this interval in 4% (Spearman); at 16 models 1% and 3%;
+at 6 models 50% and 16%, so no interval is reliable there (``notes/audit_figures.py``;
+``tests/test_leaderboard_stats.py`` checks the level at 8 models).
 """
 
 from __future__ import annotations

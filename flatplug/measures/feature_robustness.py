@@ -35,9 +35,10 @@ Computed here, on the features of ``data`` (eval mode):
 
 Everything after the model's forward pass is computed in float64 from its features: the loss
 differences of a small ``delta`` cancel in float32 (on a float32 MNIST network at ``delta = 1e-4``
-the value came out 6.4x the float64 one, 16 standard errors off). The worst case's ascent takes
-steps as long as the ball's radius and is not converged for ``delta`` of about 1 and more (4-18%
-below 30 long restarts at ``delta = 2`` in an audit; within 0.1% for ``delta <= 0.1``).
+the value came out 6.1x the float64 one, 36 standard errors off: ``notes/audit_figures.py``).
+The worst case's ascent takes steps as long as the ball's radius and is not converged for
+``delta`` of about 1 and more: there it is a lower bound that longer searches raise (by up to 18%
+at ``delta = 2`` in an ad hoc audit; within 0.1% for ``delta <= 0.1``).
 """
 
 from __future__ import annotations

@@ -91,9 +91,9 @@ def hessian_density(
     below ``-sigma`` (``details["negative_below"]``), negative curvature the density resolves from
     zero: on trained networks most of the weight sits on one node for the bulk of near-zero
     eigenvalues of both signs, a hair below or above zero (-5e-5 with lambda_max 0.54 on a real MNIST
-    network), and counting its sign put 87-97% of the spectrum on negative curvature. ``value`` is
-    the first moment ``mean_runs sum_j w_j theta_j``, an unbiased estimate of the mean eigenvalue
-    ``tr(H) / n``.
+    network), and counting its sign put 87% of the spectrum on negative curvature (trades_smallcnn,
+    ``notes/audit_figures.py``). ``value`` is the first moment ``mean_runs sum_j w_j theta_j``, an
+    unbiased estimate of the mean eigenvalue ``tr(H) / n``.
     ``hvp`` chooses how Hessian-vector products are computed (:class:`flatplug.hvp.HessianOperator`;
     the same numbers up to rounding).
     """
